@@ -1,0 +1,94 @@
+/**
+ * Error model shared by every folder (docs/style.md §3): each error has a stable `code`, and each
+ * code belongs to exactly one `kind`. Edges (FUSE, HTTP, plugin, CLI) map kinds, never messages.
+ */
+
+export type ErrorKind =
+  | 'not-found'
+  | 'exists'
+  | 'invalid-input'
+  | 'unauthorized'
+  | 'busy'
+  | 'integrity'
+  | 'unavailable'
+  | 'internal';
+
+export type CvmfsErrorCode =
+  | 'CVMFS_BAD_ARGUMENT'
+  | 'CVMFS_UNKNOWN_HASH_ALGORITHM'
+  | 'CVMFS_BAD_HASH'
+  | 'CVMFS_BAD_XATTR'
+  | 'CVMFS_BAD_MANIFEST'
+  | 'CVMFS_BAD_WHITELIST'
+  | 'CVMFS_BAD_SIGNATURE'
+  | 'CVMFS_WHITELIST_EXPIRED'
+  | 'CVMFS_HASH_MISMATCH'
+  | 'CVMFS_BAD_CATALOG'
+  | 'CVMFS_KEYS_MISSING'
+  | 'CVMFS_KEYS_MISMATCH'
+  | 'CVMFS_KEYS_EXIST'
+  | 'CVMFS_REPO_EXISTS'
+  | 'CVMFS_REPO_NOT_FOUND'
+  | 'CVMFS_REPO_LOCKED'
+  | 'CVMFS_OBJECT_NOT_FOUND'
+  | 'CVMFS_PATH_NOT_FOUND'
+  | 'CVMFS_PATH_CONFLICT'
+  | 'CVMFS_TAR_CORRUPT'
+  | 'CVMFS_TAR_PATH_ESCAPE'
+  | 'CVMFS_TAR_BAD_NAME'
+  | 'CVMFS_TAR_NAME_TOO_LONG'
+  | 'CVMFS_TAR_PATH_TOO_LONG'
+  | 'CVMFS_TAR_HARDLINK_MISSING'
+  | 'CVMFS_TAR_UNSUPPORTED_ENTRY'
+  | 'CVMFS_STORAGE_FAILED';
+
+const KIND_OF: Readonly<Record<CvmfsErrorCode, ErrorKind>> = {
+  CVMFS_BAD_ARGUMENT: 'invalid-input',
+  CVMFS_UNKNOWN_HASH_ALGORITHM: 'invalid-input',
+  CVMFS_BAD_HASH: 'invalid-input',
+  CVMFS_BAD_XATTR: 'invalid-input',
+  CVMFS_BAD_MANIFEST: 'integrity',
+  CVMFS_BAD_WHITELIST: 'integrity',
+  CVMFS_BAD_SIGNATURE: 'integrity',
+  CVMFS_WHITELIST_EXPIRED: 'integrity',
+  CVMFS_HASH_MISMATCH: 'integrity',
+  CVMFS_BAD_CATALOG: 'integrity',
+  CVMFS_KEYS_MISSING: 'not-found',
+  CVMFS_KEYS_MISMATCH: 'invalid-input',
+  CVMFS_KEYS_EXIST: 'exists',
+  CVMFS_REPO_EXISTS: 'exists',
+  CVMFS_REPO_NOT_FOUND: 'not-found',
+  CVMFS_REPO_LOCKED: 'busy',
+  CVMFS_OBJECT_NOT_FOUND: 'not-found',
+  CVMFS_PATH_NOT_FOUND: 'not-found',
+  CVMFS_PATH_CONFLICT: 'invalid-input',
+  CVMFS_TAR_CORRUPT: 'invalid-input',
+  CVMFS_TAR_PATH_ESCAPE: 'invalid-input',
+  CVMFS_TAR_BAD_NAME: 'invalid-input',
+  CVMFS_TAR_NAME_TOO_LONG: 'invalid-input',
+  CVMFS_TAR_PATH_TOO_LONG: 'invalid-input',
+  CVMFS_TAR_HARDLINK_MISSING: 'invalid-input',
+  CVMFS_TAR_UNSUPPORTED_ENTRY: 'invalid-input',
+  CVMFS_STORAGE_FAILED: 'unavailable',
+};
+
+export class CvmfsError extends Error {
+  override readonly name = 'CvmfsError';
+  readonly code: CvmfsErrorCode;
+  readonly kind: ErrorKind;
+
+  constructor(code: CvmfsErrorCode, message: string, options?: { cause?: unknown }) {
+    super(`${code}: ${message}`, options);
+    this.code = code;
+    this.kind = KIND_OF[code];
+  }
+}
+
+export function isCvmfsError(err: unknown, code?: CvmfsErrorCode): err is CvmfsError {
+  return err instanceof CvmfsError && (code === undefined || err.code === code);
+}
+
+/** Message of any thrown value, for logs and CLI output. */
+export function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

@@ -1,0 +1,4 @@
+export * from './errors.js';
+export * from './format/index.js';
+export * from './writer/index.js';
+export { serveRepository, type RepositoryServer, type ServeOptions } from './server/http-server.js';

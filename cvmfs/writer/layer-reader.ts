@@ -1,0 +1,191 @@
+/**
+ * Reads one tar stream into a LayerTree. Model: entries are pulled one at a time; a file body is
+ * copied into fresh buffers (whole file up to the chunking threshold, else one buffer per
+ * content-defined chunk) and handed to the encoder pool, and the loop moves on while workers
+ * compress. `waitForCapacity` before each body bounds memory. A body's hashes arrive later as the
+ * node's `content` promise; the catalog builder awaits them all.
+ */
+import type { Readable } from 'node:stream';
+import type tar from 'tar-stream';
+import { CvmfsError } from '../errors.js';
+import { makedev, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG } from '../format/catalog-schema.js';
+import type { Chunk } from '../format/catalog-statements.js';
+import { textualHash, type HashAlgo } from '../format/hash.js';
+import { encodeObject, objectPath, type ObjectSuffix } from '../format/object.js';
+import { encodeXattrs } from '../format/xattr.js';
+import { Chunker, CHUNKING_THRESHOLD_BYTES } from './chunker.js';
+import type { Encoded, EncoderPool } from './encoder-pool.js';
+import type { ObjectSink } from './object-sink.js';
+import { paxBytes, paxString } from './tar-pax.js';
+import { openTar, type TarCompression } from './tar-input.js';
+import { entryComponents, LayerTree, PATH_MAX_BYTES, type FileContent, type NodeMeta } from './tree.js';
+
+export interface LayerReadStats {
+  entries: number;
+  files: number;
+  /** Uncompressed bytes of regular file content. */
+  contentBytes: number;
+  compression: TarCompression;
+}
+
+export interface LayerReadContext {
+  readonly mountPath: string;
+  readonly algo: HashAlgo;
+  readonly pool: EncoderPool;
+  readonly sink: ObjectSink;
+  readonly now: Date;
+}
+
+const PERMISSION_BITS = 0o7777;
+
+function metaOf(header: tar.Header, typeBits: number, name: string): NodeMeta {
+  const pax: Record<string, string> = (header.pax ?? {}) as Record<string, string>;
+  const xattrs = new Map<string, Buffer>();
+  for (const [k, v] of Object.entries(pax)) {
+    if (k.startsWith('SCHILY.xattr.')) xattrs.set(k.slice('SCHILY.xattr.'.length), paxBytes(v));
+    else if (k.startsWith('LIBARCHIVE.xattr.')) {
+      xattrs.set(decodeURIComponent(k.slice('LIBARCHIVE.xattr.'.length)), Buffer.from(paxString(v), 'base64'));
+    }
+  }
+  let xattr: Buffer | null;
+  try { xattr = encodeXattrs(xattrs); } catch (err) {
+    throw new CvmfsError('CVMFS_BAD_XATTR', `entry "${name}": ${(err as Error).message}`, { cause: err });
+  }
+  let mtime = Math.floor((header.mtime?.getTime() ?? 0) / 1000);
+  let mtimens: number | null = null;
+  const paxTime = pax['mtime'];
+  if (paxTime !== undefined && /^-?\d+(\.\d+)?$/.test(paxTime)) {
+    const [s, frac = ''] = paxTime.split('.');
+    mtime = Number(s);
+    if (frac) mtimens = Number((frac + '000000000').slice(0, 9));
+  }
+  const id = (k: 'uid' | 'gid', fallback: number | undefined) => {
+    const v = pax[k];
+    return v !== undefined && /^\d+$/.test(v) ? Number(v) : (fallback ?? 0);
+  };
+  return { mode: typeBits | ((header.mode ?? 0o644) & PERMISSION_BITS), uid: id('uid', header.uid), gid: id('gid', header.gid),
+    mtime, mtimens, xattr };
+}
+
+export async function readLayer(input: Readable, ctx: LayerReadContext): Promise<{ tree: LayerTree; stats: LayerReadStats }> {
+  const { mountPath, algo, pool, sink, now } = ctx;
+  const nowSeconds = Math.floor(now.getTime() / 1000);
+  const tree = new LayerTree({ mode: S_IFDIR | 0o755, uid: 0, gid: 0, mtime: nowSeconds, mtimens: null, xattr: null });
+  const tarIn = await openTar(input);
+  const stats: LayerReadStats = { entries: 0, files: 0, contentBytes: 0, compression: tarIn.compression };
+
+  const empty = encodeObject(new Uint8Array(0), '', algo);
+  const emptyContent: Promise<FileContent> = sink.put(empty.path, empty.stored).then(() => ({ kind: 'whole', digest: empty.digest }));
+  emptyContent.catch(() => {});
+
+  const store = (enc: Promise<Encoded>, suffix: ObjectSuffix): Promise<Buffer> =>
+    enc.then(async (e) => { await sink.put(objectPath(textualHash(algo, e.digest), suffix), e.stored); return e.digest; });
+
+  /** Reads a body; resolves once it was read, with `content` settling once it is stored. */
+  type Pending = { readonly content: Promise<FileContent> };
+
+  async function readWhole(body: AsyncIterable<Buffer>, size: number, name: string): Promise<Pending> {
+    await pool.waitForCapacity();
+    const buf = new Uint8Array(size);
+    let off = 0;
+    for await (const c of body) {
+      if (off + c.length > size) throw new CvmfsError('CVMFS_TAR_CORRUPT', `entry "${name}" has more data than its header says`);
+      buf.set(c, off);
+      off += c.length;
+    }
+    if (off !== size) throw new CvmfsError('CVMFS_TAR_CORRUPT', `entry "${name}" is truncated (${off} of ${size} bytes)`);
+    return { content: store(pool.encode(buf), '').then((digest): FileContent => ({ kind: 'whole', digest })) };
+  }
+
+  async function readChunked(body: AsyncIterable<Buffer>, size: number, name: string): Promise<Pending> {
+    const chunker = new Chunker();
+    const encoded: { offset: number; size: number; enc: Promise<Encoded> }[] = [];
+    let parts: Buffer[] = [];
+    let partBytes = 0;
+    let offset = 0;
+    const cut = (n: number) => {
+      const data = new Uint8Array(n);
+      let pos = 0;
+      for (const p of parts) { data.set(p, pos); pos += p.length; }
+      encoded.push({ offset, size: n, enc: pool.encode(data) });
+      encoded[encoded.length - 1]!.enc.catch(() => {});
+      offset += n;
+      parts = [];
+      partBytes = 0;
+    };
+    for await (const c of body) {
+      let rest = c;
+      for (const end of chunker.cuts(c)) {
+        const consumed = end - (c.length - rest.length);
+        parts.push(rest.subarray(0, consumed));
+        partBytes += consumed;
+        cut(partBytes);
+        rest = rest.subarray(consumed);
+        await pool.waitForCapacity();
+      }
+      if (rest.length > 0) { parts.push(rest); partBytes += rest.length; }
+    }
+    if (partBytes > 0) cut(partBytes);
+    if (offset !== size) throw new CvmfsError('CVMFS_TAR_CORRUPT', `entry "${name}" is truncated (${offset} of ${size} bytes)`);
+    // A file that yields a single chunk is stored as a normal file, as cvmfs_server does.
+    if (encoded.length === 1) return { content: store(encoded[0]!.enc, '').then((digest): FileContent => ({ kind: 'whole', digest })) };
+    const chunks = encoded.map((e) => store(e.enc, 'P').then((hash): Chunk => ({ offset: BigInt(e.offset), size: BigInt(e.size), hash })));
+    return { content: Promise.all(chunks).then((cs): FileContent => ({ kind: 'chunked', chunks: cs })) };
+  }
+
+  try {
+    for await (const entry of tarIn.entries) {
+      const h = entry.header;
+      const name = h.name;
+      stats.entries++;
+      const parts = entryComponents(name, mountPath);
+      switch (h.type) {
+        case 'directory':
+          tree.addDir(parts, name, metaOf(h, S_IFDIR, name));
+          break;
+        case 'file':
+        case 'contiguous-file': {
+          const size = h.size ?? 0;
+          const meta = metaOf(h, S_IFREG, name);
+          const body = entry as AsyncIterable<Buffer>;
+          const content = size === 0 ? emptyContent
+            : (size > CHUNKING_THRESHOLD_BYTES ? await readChunked(body, size, name) : await readWhole(body, size, name)).content;
+          content.catch(() => {}); // awaited by the catalog builder; never an unhandled rejection
+          stats.files++;
+          stats.contentBytes += size;
+          tree.addFile(parts, name, meta, BigInt(size), content);
+          break;
+        }
+        case 'symlink': {
+          const target = h.linkname ?? '';
+          if (target === '' || target.includes('\0') || Buffer.byteLength(target) > PATH_MAX_BYTES) {
+            throw new CvmfsError('CVMFS_TAR_BAD_NAME', `symlink "${name}" has an empty, over-long or NUL-containing target`);
+          }
+          tree.addSymlink(parts, name, metaOf(h, S_IFLNK, name), target);
+          break;
+        }
+        case 'link': {
+          const targetName = h.linkname ?? '';
+          tree.addHardlink(parts, name, entryComponents(targetName, mountPath, `hardlink target of "${name}"`), targetName);
+          break;
+        }
+        case 'character-device':
+        case 'block-device':
+          tree.addSpecial(parts, name, metaOf(h, h.type === 'character-device' ? S_IFCHR : S_IFBLK, name),
+            makedev(h.devmajor ?? 0, h.devminor ?? 0));
+          break;
+        case 'fifo':
+          tree.addSpecial(parts, name, metaOf(h, S_IFIFO, name), 0n);
+          break;
+        default:
+          throw new CvmfsError('CVMFS_TAR_UNSUPPORTED_ENTRY', `entry "${name}" has the unsupported tar type "${String(h.type)}"`);
+      }
+      entry.resume();
+    }
+  } catch (err) {
+    tarIn.entries.destroy();
+    throw err instanceof CvmfsError ? err : tarIn.wrapError(err);
+  }
+  await tarIn.done;
+  return { tree, stats };
+}

@@ -1,0 +1,29 @@
+/**
+ * Where a repository's served files live. The writer only ever adds content-addressed objects
+ * (never replacing one) and replaces the top-level letters (`.cvmfswhitelist`, then
+ * `.cvmfspublished` last) atomically. Implementations: storage-dir.ts (a local directory served
+ * by any web server); an S3 variant comes with the publisher.
+ */
+export interface ObjectStats { readonly count: number; readonly bytes: number }
+
+export interface WriterLock { release(): Promise<void> }
+
+export interface RepositoryStorage {
+  /** Human-readable location, for messages. */
+  readonly location: string;
+  /** Creates the skeleton (`data/00`…`data/ff`, staging area). Idempotent. */
+  init(): Promise<void>;
+  /** Bytes of a served file (letter or `data/…` object), or undefined when absent. */
+  get(name: string): Promise<Buffer | undefined>;
+  /** Stores a content-addressed object unless one of that name exists. */
+  putObject(objectPath: string, data: Uint8Array): Promise<'written' | 'present'>;
+  /** Makes every object written so far durable; called before a letter that references them. */
+  flush(): Promise<void>;
+  /** Atomically replaces a top-level file such as `.cvmfspublished`. */
+  putLetter(name: string, data: Uint8Array): Promise<void>;
+  /** Takes the single-writer lock, or fails with CVMFS_REPO_LOCKED naming the holder. */
+  lock(owner: string): Promise<WriterLock>;
+  /** Removes leftovers of interrupted writes; called while holding the lock. */
+  sweepStaging(): Promise<void>;
+  objectStats(): Promise<ObjectStats>;
+}
