@@ -1,0 +1,40 @@
+# cvmfs-graphdriver: every target installs what it needs on a fresh Debian 12 machine with Node 20.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+# Build tools for the native addons (better-sqlite3, zstd-napi build from their bundled sources),
+# tar/gzip/openssl for tests, libfuse2 for the FUSE client.
+APT_PACKAGES := g++ make python3 tar gzip openssl coreutils libfuse2
+
+.PHONY: deps apt build test demo bench clean
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+deps: apt node_modules/.package-lock.json
+
+build: deps
+	npx tsc -p tsconfig.json
+	chmod +x dist/cvmfs/cli.js
+
+test: build
+	npx tsc -p tsconfig.test.json
+	bash scripts/run-tests.sh
+
+demo: build
+	bash scripts/demo.sh
+
+bench: build
+	node dist/bench/ingest.js $(BENCH_ARGS)
+
+clean:
+	rm -rf dist .tap
