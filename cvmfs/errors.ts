@@ -40,7 +40,18 @@ export type CvmfsErrorCode =
   | 'CVMFS_TAR_PATH_TOO_LONG'
   | 'CVMFS_TAR_HARDLINK_MISSING'
   | 'CVMFS_TAR_UNSUPPORTED_ENTRY'
-  | 'CVMFS_STORAGE_FAILED';
+  | 'CVMFS_STORAGE_FAILED'
+  | 'CVMFS_ALL_SERVERS_FAILED'
+  | 'CVMFS_HTTP_ERROR'
+  | 'CVMFS_NAME_MISMATCH'
+  | 'CVMFS_UNTRUSTED_CERTIFICATE'
+  | 'CVMFS_REVISION_ROLLBACK'
+  | 'CVMFS_NOT_A_DIRECTORY'
+  | 'CVMFS_NOT_A_FILE'
+  | 'CVMFS_NOT_A_SYMLINK'
+  | 'CVMFS_NO_XATTR'
+  | 'CVMFS_CACHE_FAILED'
+  | 'CVMFS_CLOSED';
 
 const KIND_OF: Readonly<Record<CvmfsErrorCode, ErrorKind>> = {
   CVMFS_BAD_ARGUMENT: 'invalid-input',
@@ -70,6 +81,17 @@ const KIND_OF: Readonly<Record<CvmfsErrorCode, ErrorKind>> = {
   CVMFS_TAR_HARDLINK_MISSING: 'invalid-input',
   CVMFS_TAR_UNSUPPORTED_ENTRY: 'invalid-input',
   CVMFS_STORAGE_FAILED: 'unavailable',
+  CVMFS_ALL_SERVERS_FAILED: 'unavailable',
+  CVMFS_HTTP_ERROR: 'unavailable',
+  CVMFS_NAME_MISMATCH: 'integrity',
+  CVMFS_UNTRUSTED_CERTIFICATE: 'integrity',
+  CVMFS_REVISION_ROLLBACK: 'integrity',
+  CVMFS_NOT_A_DIRECTORY: 'invalid-input',
+  CVMFS_NOT_A_FILE: 'invalid-input',
+  CVMFS_NOT_A_SYMLINK: 'invalid-input',
+  CVMFS_NO_XATTR: 'not-found',
+  CVMFS_CACHE_FAILED: 'unavailable',
+  CVMFS_CLOSED: 'unavailable',
 };
 
 export class CvmfsError extends Error {

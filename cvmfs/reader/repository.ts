@@ -1,0 +1,433 @@
+/**
+ * A mounted-in-process view of a repository: openRepository() verifies the current revision,
+ * attaches its root catalog, and answers stat/readdir/readlink/xattr/read. Model:
+ *   - Every operation first checks the TTL (min of the root catalog TTL and `maxTtlSeconds`);
+ *     when it has run out, a manifest check starts in the background and the operation goes on
+ *     with the current revision. A newer verified revision replaces the catalog tree for later
+ *     operations; inode numbers continue above the old tree's range.
+ *   - When no server answers, the last verified revision (breadcrumb + cached catalogs) is served
+ *     (offline mode), and the check is retried after the TTL.
+ *   - Regular files: whole objects are fetched into the cache on open; chunked files fetch a chunk
+ *     on the first read that touches it and read ahead the next ones in parallel.
+ */
+import { createPublicKey } from 'node:crypto';
+import fs from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import { CvmfsError, isCvmfsError } from '../errors.js';
+import { addCounters, DEFAULT_TTL_SECONDS, type Counters } from '../format/catalog-schema.js';
+import type { Chunk } from '../format/catalog-statements.js';
+import { textualHash } from '../format/hash.js';
+import { decodeXattrs } from '../format/xattr.js';
+import { ObjectCache } from './cache.js';
+import { CatalogTree, type Dirent } from './catalog-tree.js';
+import { Fetcher, parseProxyList } from './fetcher.js';
+import { ObjectStore } from './object-store.js';
+import { fetchTrustedRevision, type MasterKey } from './trust.js';
+
+export type { Dirent } from './catalog-tree.js';
+
+export interface RepositoryOptions {
+  readonly fqrn: string;
+  /** Base URLs; `@fqrn@` and `@org@` are substituted as in CVMFS_SERVER_URL. */
+  readonly servers: readonly string[];
+  /** CVMFS_HTTP_PROXY syntax; undefined or `DIRECT` for none. */
+  readonly proxy?: string;
+  /** Master public keys (PEM), any of which may sign the whitelist. */
+  readonly publicKeys: readonly { readonly name: string; readonly pem: string }[];
+  readonly cacheDir: string;
+  readonly quotaBytes?: number;
+  readonly maxTtlSeconds?: number;
+  readonly timeoutMs?: number;
+  readonly maxRetries?: number;
+  readonly backoffInitMs?: number;
+  /** Variables for `$(VAR)` / `$(VAR:-default)` in symlink targets; `expandSymlinks: false` keeps targets verbatim. */
+  readonly env?: Readonly<Record<string, string | undefined>>;
+  readonly expandSymlinks?: boolean;
+  readonly chunkReadAhead?: number;
+  readonly clock?: { now(): Date };
+  readonly log?: (line: string) => void;
+}
+
+export interface RepositoryCounters {
+  readonly revision: number;
+  readonly rootHash: string;
+  readonly offline: boolean;
+  readonly bytesFetched: number;
+  readonly objectsFetched: number;
+  readonly bytesInflated: number;
+  readonly cacheHits: number;
+  readonly cacheMisses: number;
+  readonly evictions: number;
+  readonly evictedBytes: number;
+  readonly cacheUsedBytes: number;
+  readonly requests: number;
+  readonly failovers: number;
+  readonly retriesNoCache: number;
+  readonly hashMismatches: number;
+  readonly catalogsAttached: number;
+}
+
+export interface FileHandle {
+  readonly dirent: Dirent;
+  /** Reads up to `length` bytes at `position` into `buf[offset…]`; 0 at end of file. */
+  read(buf: Buffer, offset: number, length: number, position: number): Promise<number>;
+  close(): Promise<void>;
+}
+
+const OFFLINE_RETRY_SECONDS = 180;
+const OLD_TREE_GRACE_MS = 30_000;
+const OPEN_CHUNKS_PER_HANDLE = 4;
+
+export function expandSymlinkVariables(target: string, env: Readonly<Record<string, string | undefined>>): string {
+  return target.replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)(?::-([^)]*))?\)/g, (_m, name: string, def?: string) => env[name] ?? def ?? '');
+}
+
+function substituteServer(url: string, fqrn: string): string {
+  return url.replace(/@fqrn@/g, fqrn).replace(/@org@/g, fqrn.split('.')[0]!);
+}
+
+export class Repository {
+  private tree: CatalogTree;
+  private lastCheckMs: number;
+  private retryAfterMs = 0;
+  private refreshing: Promise<boolean> | null = null;
+  private offline: boolean;
+  private closed = false;
+  private ttlSeconds: number;
+  private whitelistExpiry: string;
+
+  private constructor(
+    readonly fqrn: string,
+    private readonly o: RepositoryOptions,
+    private readonly fetcher: Fetcher,
+    private readonly store: ObjectStore,
+    private readonly keys: readonly MasterKey[],
+    private state: { revision: number; rootHash: string; publishTime: number },
+    tree: CatalogTree, offline: boolean, whitelistExpiry: string,
+  ) {
+    this.tree = tree;
+    this.offline = offline;
+    this.lastCheckMs = this.nowMs();
+    this.ttlSeconds = this.effectiveTtl();
+    this.whitelistExpiry = whitelistExpiry;
+  }
+
+  private nowMs(): number { return (this.o.clock?.now() ?? new Date()).getTime(); }
+
+  private effectiveTtl(): number {
+    const prop = Number(this.tree.rootCatalog.property('TTL') ?? DEFAULT_TTL_SECONDS) || DEFAULT_TTL_SECONDS;
+    return this.o.maxTtlSeconds ? Math.min(prop, this.o.maxTtlSeconds) : prop;
+  }
+
+  static async open(o: RepositoryOptions): Promise<Repository> {
+    const keys = o.publicKeys.map((k) => {
+      try { return { name: k.name, key: createPublicKey(k.pem) }; } catch (err) {
+        throw new CvmfsError('CVMFS_BAD_ARGUMENT', `public key ${k.name} is not a PEM public key`, { cause: err });
+      }
+    });
+    if (keys.length === 0) throw new CvmfsError('CVMFS_BAD_ARGUMENT', `no public key configured for ${o.fqrn}`);
+    const cache = await ObjectCache.open(o.cacheDir, o.quotaBytes ?? 0);
+    const fetcher = new Fetcher({
+      servers: o.servers.map((s) => substituteServer(s, o.fqrn)), proxies: parseProxyList(o.proxy),
+      ...(o.timeoutMs !== undefined ? { timeoutMs: o.timeoutMs } : {}),
+      ...(o.maxRetries !== undefined ? { maxRetries: o.maxRetries } : {}),
+      ...(o.backoffInitMs !== undefined ? { backoffInitMs: o.backoffInitMs } : {}),
+    });
+    const store = new ObjectStore(fetcher, cache);
+    const now = o.clock?.now() ?? new Date();
+    const crumb = await cache.readBreadcrumb(o.fqrn);
+    let state: { revision: number; rootHash: string; publishTime: number; rootSize?: bigint };
+    let offline = false;
+    let whitelistExpiry = '';
+    try {
+      const t = await fetchTrustedRevision({ fetcher, store, fqrn: o.fqrn, masterKeys: keys, now });
+      state = { revision: t.manifest.revision, rootHash: t.manifest.rootHash, publishTime: t.manifest.publishTime,
+        ...(t.manifest.rootCatalogSize !== undefined ? { rootSize: t.manifest.rootCatalogSize } : {}) };
+      whitelistExpiry = t.whitelist.expires;
+      if (crumb && crumb.publishTime > state.publishTime) {
+        o.log?.(`${o.fqrn}: servers publish revision ${state.revision}, older than the cached revision ${crumb.revision}; keeping the cached one`);
+        state = crumb;
+      }
+    } catch (err) {
+      if (!(isCvmfsError(err) && err.kind === 'unavailable' && crumb && cache.lookup(crumb.rootHash))) { fetcher.close(); throw err; }
+      o.log?.(`${o.fqrn}: no server answers; serving cached revision ${crumb.revision} offline`);
+      state = crumb;
+      offline = true;
+    }
+    const tree = await CatalogTree.open(Repository.loader(store), state.rootHash, 255, state.rootSize);
+    await cache.writeBreadcrumb(o.fqrn, state);
+    return new Repository(o.fqrn, o, fetcher, store, keys, state, tree, offline, whitelistExpiry);
+  }
+
+  private static loader(store: ObjectStore) {
+    return async (hash: string, _mountPath: string, size?: bigint) => {
+      const file = await store.get({ hash, suffix: 'C', compressed: true, ...(size !== undefined ? { size } : {}) });
+      store.cache.pin(hash);
+      let released = false;
+      return { file, release: () => { if (!released) { released = true; store.cache.unpin(hash); } } };
+    };
+  }
+
+  get revision(): number { return this.state.revision; }
+  get rootHash(): string { return this.state.rootHash; }
+  get isOffline(): boolean { return this.offline; }
+
+  /** Starts a background manifest check when the TTL has run out. */
+  private tick(): void {
+    if (this.closed || this.refreshing) return;
+    const now = this.nowMs();
+    if (now < this.retryAfterMs || now - this.lastCheckMs < this.ttlSeconds * 1000) return;
+    void this.refresh().catch(() => {});
+  }
+
+  /** Checks the servers for a newer revision now; resolves true when one was applied. */
+  refresh(): Promise<boolean> {
+    if (this.refreshing) return this.refreshing;
+    this.refreshing = (async () => {
+      try {
+        const t = await fetchTrustedRevision({ fetcher: this.fetcher, store: this.store, fqrn: this.fqrn, masterKeys: this.keys, now: new Date(this.nowMs()) });
+        this.lastCheckMs = this.nowMs();
+        this.offline = false;
+        this.whitelistExpiry = t.whitelist.expires;
+        const m = t.manifest;
+        if (m.rootHash === this.state.rootHash || m.publishTime < this.state.publishTime || m.revision <= this.state.revision) return false;
+        const tree = await CatalogTree.open(Repository.loader(this.store), m.rootHash, this.tree.inodeHighWater, m.rootCatalogSize);
+        const old = this.tree;
+        this.tree = tree;
+        this.state = { revision: m.revision, rootHash: m.rootHash, publishTime: m.publishTime };
+        this.ttlSeconds = this.effectiveTtl();
+        await this.store.cache.writeBreadcrumb(this.fqrn, this.state);
+        setTimeout(() => old.close(), OLD_TREE_GRACE_MS).unref();
+        this.o.log?.(`${this.fqrn}: switched to revision ${m.revision}`);
+        return true;
+      } catch (err) {
+        this.lastCheckMs = this.nowMs();
+        if (isCvmfsError(err) && err.kind === 'unavailable') {
+          this.offline = true;
+          this.retryAfterMs = this.nowMs() + Math.min(this.ttlSeconds, OFFLINE_RETRY_SECONDS) * 1000;
+        }
+        this.o.log?.(`${this.fqrn}: revision check failed, staying at revision ${this.state.revision}: ${(err as Error).message}`);
+        throw err;
+      } finally {
+        this.refreshing = null;
+      }
+    })();
+    return this.refreshing;
+  }
+
+  private check(): void {
+    if (this.closed) throw new CvmfsError('CVMFS_CLOSED', `repository ${this.fqrn} is closed`);
+    this.tick();
+  }
+
+  /** Normalises "/a/b/" and "a/b" to "/a/b"; "/" to "". */
+  private static norm(path: string): string {
+    const parts = path.split('/').filter((c) => c !== '' && c !== '.');
+    return parts.length ? '/' + parts.join('/') : '';
+  }
+
+  async stat(path: string): Promise<Dirent> {
+    this.check();
+    const p = Repository.norm(path);
+    const d = await this.tree.lookup(p);
+    if (!d) throw new CvmfsError('CVMFS_PATH_NOT_FOUND', `${p || '/'} does not exist in ${this.fqrn}`);
+    return d;
+  }
+
+  async readdir(path: string): Promise<Dirent[]> {
+    this.check();
+    return this.tree.list(Repository.norm(path));
+  }
+
+  async readlink(path: string): Promise<string> {
+    const d = await this.stat(path);
+    if (d.kind !== 'symlink') throw new CvmfsError('CVMFS_NOT_A_SYMLINK', `${d.path} is not a symbolic link`);
+    return this.o.expandSymlinks === false ? d.symlink : expandSymlinkVariables(d.symlink, this.o.env ?? {});
+  }
+
+  private magicXattrs(d: Dirent): Map<string, () => Promise<Buffer> | Buffer> {
+    const m = new Map<string, () => Promise<Buffer> | Buffer>();
+    const text = (s: string) => () => Buffer.from(s);
+    m.set('user.fqrn', text(this.fqrn));
+    m.set('user.revision', text(String(this.state.revision)));
+    m.set('user.root_hash', text(this.state.rootHash));
+    m.set('user.host', text(this.fetcher.host));
+    m.set('user.host_list', text(this.fetcher.servers.join(';')));
+    m.set('user.nclg', text(String(this.tree.attachedCount)));
+    m.set('user.expires', text(this.whitelistExpiry));
+    m.set('user.counters', () => Buffer.from(JSON.stringify(this.counters())));
+    if (d.kind === 'file') {
+      m.set('user.compression', text(d.compressed ? 'zlib' : 'none'));
+      m.set('user.chunks', () => Buffer.from(String(d.chunked ? this.tree.chunks(d).length : 1)));
+      if (d.hash) m.set('user.hash', text(d.hash));
+    }
+    if (d.kind === 'symlink') m.set('user.rawlink', text(d.symlink));
+    return m;
+  }
+
+  async listxattr(path: string): Promise<string[]> {
+    const d = await this.stat(path);
+    return [...decodeXattrs(d.xattr).keys(), ...this.magicXattrs(d).keys()];
+  }
+
+  async getxattr(path: string, name: string): Promise<Buffer> {
+    const d = await this.stat(path);
+    const own = decodeXattrs(d.xattr).get(name);
+    if (own) return own;
+    const magic = this.magicXattrs(d).get(name);
+    if (magic) return magic();
+    throw new CvmfsError('CVMFS_NO_XATTR', `${d.path || '/'} has no extended attribute ${name}`);
+  }
+
+  async open(path: string): Promise<FileHandle> {
+    const d = await this.stat(path);
+    if (d.kind !== 'file') throw new CvmfsError('CVMFS_NOT_A_FILE', `${d.path || '/'} is not a regular file`);
+    return d.chunked ? this.openChunked(d) : this.openWhole(d);
+  }
+
+  private async openWhole(d: Dirent): Promise<FileHandle> {
+    if (!d.hash) throw new CvmfsError('CVMFS_BAD_CATALOG', `${d.path} has neither a hash nor chunks`);
+    const hash = d.hash;
+    const file = await this.store.get({ hash, suffix: '', compressed: d.compressed, size: d.size });
+    this.store.cache.pin(hash);
+    let fh: fs.FileHandle;
+    try { fh = await fs.open(file, 'r'); } catch (err) { this.store.cache.unpin(hash); throw err; }
+    let closed = false;
+    return {
+      dirent: d,
+      read: async (buf, offset, length, position) => (await fh.read(buf, offset, length, position)).bytesRead,
+      close: async () => { if (closed) return; closed = true; await fh.close(); this.store.cache.unpin(hash); },
+    };
+  }
+
+  private async openChunked(d: Dirent): Promise<FileHandle> {
+    const chunks = this.tree.chunks(d);
+    const hashOf = (c: Chunk) => textualHash(d.algo, c.hash);
+    const open = new Map<number, Promise<fs.FileHandle>>();
+    const readAhead = this.o.chunkReadAhead ?? 2;
+    const fetchChunk = (i: number) => {
+      const c = chunks[i]!;
+      return this.store.get({ hash: hashOf(c), suffix: 'P', compressed: d.compressed, size: c.size });
+    };
+    const handleOf = (i: number): Promise<fs.FileHandle> => {
+      let h = open.get(i);
+      if (!h) {
+        h = fetchChunk(i).then((file) => { this.store.cache.pin(hashOf(chunks[i]!)); return fs.open(file, 'r'); });
+        h.catch(() => open.delete(i));
+        open.set(i, h);
+        if (open.size > OPEN_CHUNKS_PER_HANDLE) {
+          const [oldest] = open.keys();
+          if (oldest !== undefined && oldest !== i) void closeChunk(oldest);
+        }
+      }
+      return h;
+    };
+    const closeChunk = async (i: number) => {
+      const h = open.get(i);
+      open.delete(i);
+      if (h) { await (await h).close().catch(() => {}); this.store.cache.unpin(hashOf(chunks[i]!)); }
+    };
+    const indexAt = (pos: bigint): number => {
+      let lo = 0, hi = chunks.length - 1;
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >> 1;
+        if (chunks[mid]!.offset <= pos) lo = mid; else hi = mid - 1;
+      }
+      return lo;
+    };
+    let closed = false;
+    return {
+      dirent: d,
+      read: async (buf, offset, length, position) => {
+        let done = 0;
+        let pos = BigInt(position);
+        while (done < length && pos < d.size) {
+          const i = indexAt(pos);
+          const c = chunks[i]!;
+          for (let k = 1; k <= readAhead && i + k < chunks.length; k++) void fetchChunk(i + k).catch(() => {});
+          const fh = await handleOf(i);
+          const within = Number(pos - c.offset);
+          const n = Math.min(length - done, Number(c.size) - within);
+          const { bytesRead } = await fh.read(buf, offset + done, n, within);
+          if (bytesRead === 0) break;
+          done += bytesRead;
+          pos += BigInt(bytesRead);
+        }
+        return done;
+      },
+      close: async () => {
+        if (closed) return;
+        closed = true;
+        await Promise.all([...open.keys()].map(closeChunk));
+      },
+    };
+  }
+
+  async readFile(path: string): Promise<Buffer> {
+    const h = await this.open(path);
+    try {
+      const size = Number(h.dirent.size);
+      const buf = Buffer.allocUnsafe(size);
+      let off = 0;
+      while (off < size) {
+        const n = await h.read(buf, off, Math.min(size - off, 4 << 20), off);
+        if (n === 0) throw new CvmfsError('CVMFS_CACHE_FAILED', `${path}: short read at ${off} of ${size}`);
+        off += n;
+      }
+      return buf;
+    } finally {
+      await h.close();
+    }
+  }
+
+  createReadStream(path: string, opts: { highWaterMark?: number } = {}): Readable {
+    const step = opts.highWaterMark ?? 1 << 20;
+    let handle: FileHandle | undefined;
+    let pos = 0;
+    const open = () => this.open(path);
+    return new Readable({
+      highWaterMark: step,
+      read: function (this: Readable) {
+        void (async () => {
+          try {
+            handle ??= await open();
+            const buf = Buffer.allocUnsafe(step);
+            const n = await handle.read(buf, 0, step, pos);
+            pos += n;
+            this.push(n > 0 ? buf.subarray(0, n) : null);
+          } catch (err) { this.destroy(err as Error); }
+        })();
+      },
+      destroy(err, cb) { void (handle?.close() ?? Promise.resolve()).then(() => cb(err), cb); },
+    });
+  }
+
+  /** Totals of the root catalog (self + subtree): the whole repository. */
+  totals(): Counters {
+    const db = this.tree.rootCatalog;
+    return addCounters(db.counters('self'), db.counters('subtree'));
+  }
+
+  counters(): RepositoryCounters {
+    const s = this.store.metrics, c = this.store.cache.metrics, f = this.fetcher.metrics;
+    return {
+      revision: this.state.revision, rootHash: this.state.rootHash, offline: this.offline,
+      bytesFetched: s.bytesFetched, objectsFetched: s.objectsFetched, bytesInflated: s.bytesInflated,
+      cacheHits: c.hits, cacheMisses: c.misses, evictions: c.evictions, evictedBytes: c.evictedBytes, cacheUsedBytes: this.store.cache.usedBytes,
+      requests: f.requests, failovers: f.failovers, retriesNoCache: f.retriesNoCache, hashMismatches: s.hashMismatches,
+      catalogsAttached: this.tree.attachedCount,
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.refreshing?.catch(() => {});
+    this.tree.close();
+    this.fetcher.close();
+  }
+}
+
+export function openRepository(o: RepositoryOptions): Promise<Repository> {
+  return Repository.open(o);
+}
