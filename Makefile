@@ -3,8 +3,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := build
 
 # Build tools for the native addons (better-sqlite3, zstd-napi build from their bundled sources),
-# tar/gzip/openssl for tests, libfuse2 for the FUSE client.
-APT_PACKAGES := g++ make python3 tar gzip openssl coreutils libfuse2
+# tar/gzip/openssl/attr for tests, libfuse2 + fuse (fusermount) for the FUSE client.
+APT_PACKAGES := g++ make python3 tar gzip openssl coreutils libfuse2 fuse attr
 
 .PHONY: deps apt build test demo bench clean
 

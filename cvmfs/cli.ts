@@ -1,9 +1,14 @@
 #!/usr/bin/env node
 /** `cvmfs-repo`: create, fill, re-sign, inspect and serve a CernVM-FS repository. */
 import { createReadStream } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
 import { isCvmfsError, messageOf } from './errors.js';
 import { parseHashAlgo } from './format/hash.js';
+import { openRepository } from './reader/repository.js';
 import { serveRepository } from './server/http-server.js';
 import { DirStorage } from './writer/storage-dir.js';
 import { ingest, initRepository, repositoryInfo, resign } from './writer/repository.js';
@@ -15,9 +20,13 @@ const USAGE = `usage:
   cvmfs-repo resign  --dir R --keys K [--days N]
   cvmfs-repo info    --dir R [--json]
   cvmfs-repo serve   --dir R [--port P] [--bind ADDR]
+  cvmfs-repo mount   --url URL[,URL…] --name FQRN --pubkey FILE[,FILE…] --cache DIR [--quota MB] [--proxy P] [--ttl S] MOUNTPOINT
+  cvmfs-repo cat     --url URL[,URL…] --name FQRN --pubkey FILE[,FILE…] [--cache DIR] PATH
+  cvmfs-repo ls      --url URL[,URL…] --name FQRN --pubkey FILE[,FILE…] [--cache DIR] [PATH]
 
 R is the served repository tree, K the key directory (kept outside R).
-ingest reads a tar stream (plain, gzip or zstd) from FILE or standard input.`;
+ingest reads a tar stream (plain, gzip or zstd) from FILE or standard input.
+mount serves the repository read-only through FUSE until SIGINT or SIGTERM.`;
 
 class UsageError extends Error {}
 
@@ -42,9 +51,24 @@ async function main(argv: string[]): Promise<number> {
       dir: { type: 'string' }, keys: { type: 'string' }, name: { type: 'string' }, hash: { type: 'string' },
       path: { type: 'string' }, days: { type: 'string' }, port: { type: 'string' }, bind: { type: 'string' },
       json: { type: 'boolean' }, threads: { type: 'string' },
+      url: { type: 'string' }, pubkey: { type: 'string' }, cache: { type: 'string' }, quota: { type: 'string' },
+      proxy: { type: 'string' }, ttl: { type: 'string' }, debug: { type: 'boolean' }, 'allow-other': { type: 'boolean' },
     },
   });
   const storage = () => new DirStorage(need(v.dir, 'dir'));
+  const client = async (cacheDefault?: string) => {
+    const fqrn = need(v.name, 'name');
+    const pubkeys = need(v.pubkey, 'pubkey').split(',');
+    const publicKeys = await Promise.all(pubkeys.map(async (f) => ({ name: f, pem: await readFile(f, 'utf8').catch((err: Error) => {
+      throw new UsageError(`cannot read public key ${f}: ${err.message}`);
+    }) })));
+    const cacheDir = v.cache ?? cacheDefault ?? path.join(os.tmpdir(), `cvmfs-cache-${fqrn}`);
+    return openRepository({
+      fqrn, servers: need(v.url, 'url').split(/[,;]/), publicKeys, cacheDir,
+      ...(v.quota ? { quotaBytes: Number(v.quota) * 1024 * 1024 } : {}), ...(v.proxy ? { proxy: v.proxy } : {}),
+      ...(v.ttl ? { maxTtlSeconds: Number(v.ttl) } : {}), env: process.env, log: (l) => console.error(l),
+    });
+  };
   switch (cmd) {
     case 'init': {
       const st = await initRepository({ storage: storage(), keysDir: need(v.keys, 'keys'), fqrn: need(v.name, 'name'),
@@ -99,6 +123,37 @@ async function main(argv: string[]): Promise<number> {
         for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => resolve());
       });
       await srv.close();
+      return 0;
+    }
+    case 'mount': {
+      const mountpoint = positionals[0];
+      if (!mountpoint) throw new UsageError('missing MOUNTPOINT');
+      const repo = await client(need(v.cache, 'cache'));
+      const { mountRepository } = await import('./fuse/mount.js');
+      const m = await mountRepository(repo, { mountpoint, ...(v.debug ? { debug: true } : {}), ...(v['allow-other'] ? { allowOther: true } : {}),
+        log: (l) => console.error(l) });
+      console.log(`mounted ${repo.fqrn} revision ${repo.revision} at ${mountpoint}${repo.isOffline ? ' (offline)' : ''}`);
+      await new Promise<void>((resolve) => { for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => resolve()); });
+      await m.unmount();
+      await repo.close();
+      console.log(`unmounted ${mountpoint}`);
+      return 0;
+    }
+    case 'cat': {
+      const p = positionals[0];
+      if (!p) throw new UsageError('missing PATH');
+      const repo = await client();
+      try { await pipeline(repo.createReadStream(p), process.stdout); } finally { await repo.close(); }
+      return 0;
+    }
+    case 'ls': {
+      const repo = await client();
+      try {
+        for (const d of (await repo.readdir(positionals[0] ?? '/')).sort((a, b) => a.name.localeCompare(b.name))) {
+          const type = d.kind === 'dir' ? 'd' : d.kind === 'symlink' ? 'l' : d.kind === 'file' ? '-' : 'c';
+          console.log(`${type}${(d.mode & 0o7777).toString(8).padStart(4, '0')} ${String(d.uid).padStart(5)} ${String(d.gid).padStart(5)} ${String(d.size).padStart(12)} ${d.name}${d.kind === 'symlink' ? ` -> ${d.symlink}` : ''}`);
+        }
+      } finally { await repo.close(); }
       return 0;
     }
     default:

@@ -1,0 +1,1 @@
+export { mountRepository, type Mount, type MountOptions } from './mount.js';

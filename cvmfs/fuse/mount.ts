@@ -1,0 +1,150 @@
+/**
+ * FUSE mount of a Repository (docs/cvmfs-format.md §13.8), translation only: each operation maps
+ * to a Repository call, and failures map to an errno here, once, by error kind. The process that
+ * serves the mount must never read it synchronously (it would deadlock): every handler is async.
+ */
+import Fuse, { type FuseStat } from 'fuse-native';
+import { isCvmfsError } from '../errors.js';
+import type { Dirent, FileHandle, Repository } from '../reader/repository.js';
+
+const ENODATA = -61;
+
+export interface MountOptions {
+  readonly mountpoint: string;
+  readonly allowOther?: boolean;
+  readonly debug?: boolean;
+  /** Kernel attribute and entry cache lifetime. */
+  readonly kernelCacheSeconds?: number;
+  readonly log?: (line: string) => void;
+}
+
+export interface Mount {
+  readonly mountpoint: string;
+  unmount(): Promise<void>;
+}
+
+const ERANGE = -34;
+type Signal = (result: number, buf: ArrayBufferLike) => void;
+type XattrCallback<T> = (err: number, value?: T) => void;
+
+/**
+ * Two fixes to fuse-native 2.2, at its protocol edge:
+ * - it has no `use_ino` option, without which libfuse invents inode numbers; read-only too;
+ * - its xattr replies ignore the caller's buffer size (the kernel then rejects the reply and the
+ *   caller sees EIO): answer the size for a size-0 probe, ERANGE when the buffer is too small.
+ */
+class CvmfsFuse extends Fuse {
+  protected override _fuseOptions(): string {
+    const base = super._fuseOptions();
+    return (base ? `${base},` : '-o') + 'use_ino,ro,default_permissions';
+  }
+
+  private get handlers(): { getxattr: (p: string, n: string, pos: number, cb: XattrCallback<Buffer>) => void; listxattr: (p: string, cb: XattrCallback<string[]>) => void } {
+    return (this as unknown as { ops: CvmfsFuse['handlers'] }).ops;
+  }
+
+  _op_getxattr(signal: Signal, path: string, name: string, valueBuf: Buffer, position: number): void {
+    this.handlers.getxattr(path, name, position, (err, value) => {
+      if (err) return signal(err, valueBuf.buffer);
+      if (!value) return signal(ENODATA, valueBuf.buffer);
+      if (valueBuf.length === 0) return signal(value.length, valueBuf.buffer);
+      if (value.length > valueBuf.length) return signal(ERANGE, valueBuf.buffer);
+      value.copy(valueBuf);
+      return signal(value.length, valueBuf.buffer);
+    });
+  }
+
+  _op_listxattr(signal: Signal, path: string, listBuf: Buffer): void {
+    this.handlers.listxattr(path, (err, list) => {
+      if (err || !list) return signal(err || ENODATA, listBuf.buffer);
+      const bytes = Buffer.concat(list.map((n) => Buffer.from(n + '\0')));
+      if (listBuf.length === 0) return signal(bytes.length, listBuf.buffer);
+      if (bytes.length > listBuf.length) return signal(ERANGE, listBuf.buffer);
+      bytes.copy(listBuf);
+      return signal(bytes.length, listBuf.buffer);
+    });
+  }
+}
+
+function errnoOf(err: unknown): number {
+  if (!isCvmfsError(err)) return Fuse.EIO;
+  switch (err.code) {
+    case 'CVMFS_NOT_A_DIRECTORY': return Fuse.ENOTDIR;
+    case 'CVMFS_NOT_A_FILE': return Fuse.EISDIR;
+    case 'CVMFS_NO_XATTR': return ENODATA;
+    default: break;
+  }
+  switch (err.kind) {
+    case 'not-found': return Fuse.ENOENT;
+    case 'invalid-input': return Fuse.EINVAL;
+    case 'busy': return Fuse.EBUSY;
+    default: return Fuse.EIO;
+  }
+}
+
+function toStat(d: Dirent): FuseStat {
+  const ms = d.mtime * 1000 + Math.floor((d.mtimens ?? 0) / 1e6);
+  const size = Number(d.size);
+  return {
+    mode: d.mode, uid: d.uid, gid: d.gid, size, dev: 1, nlink: d.linkcount, ino: d.inode, rdev: Number(d.rdev),
+    blksize: 4096, blocks: 1 + Math.floor(size / 512), atime: ms, mtime: ms, ctime: ms,
+  };
+}
+
+/** FUSE paths are "/", "/a/b"; the repository API takes the same. */
+export async function mountRepository(repo: Repository, o: MountOptions): Promise<Mount> {
+  const handles = new Map<number, FileHandle>();
+  let nextFd = 1;
+  const log = o.log ?? (() => {});
+  const fail = (op: string, path: string, err: unknown): number => {
+    const errno = errnoOf(err);
+    if (errno === Fuse.EIO) log(`${op} ${path}: ${(err as Error).message}`);
+    return errno;
+  };
+  const ttl = o.kernelCacheSeconds ?? 60;
+  const fuse = new CvmfsFuse(o.mountpoint, {
+    getattr: (path, cb) => { repo.stat(path).then((d) => cb(0, toStat(d)), (e) => cb(fail('getattr', path, e))); },
+    readdir: (path, cb) => {
+      repo.readdir(path).then((ds) => cb(0, ds.map((d) => d.name), ds.map(toStat)), (e) => cb(fail('readdir', path, e)));
+    },
+    open: (path, flags, cb) => {
+      if ((flags & 3) !== 0) { cb(Fuse.EROFS); return; }
+      repo.open(path).then((h) => { const fd = nextFd++; handles.set(fd, h); cb(0, fd); }, (e) => cb(fail('open', path, e)));
+    },
+    release: (_path, fd, cb) => {
+      const h = handles.get(fd);
+      handles.delete(fd);
+      (h ? h.close() : Promise.resolve()).then(() => cb(0), () => cb(0));
+    },
+    read: (path, fd, buf, len, pos, cb) => {
+      const h = handles.get(fd);
+      if (!h) { cb(Fuse.EBADF); return; }
+      h.read(buf, 0, len, pos).then((n) => cb(n), (e) => cb(fail('read', path, e)));
+    },
+    readlink: (path, cb) => { repo.readlink(path).then((t) => cb(0, t), (e) => cb(fail('readlink', path, e))); },
+    getxattr: (path, name, _pos, cb) => { repo.getxattr(path, name).then((v) => cb(0, v), (e) => cb(fail('getxattr', path, e))); },
+    listxattr: (path, cb) => { repo.listxattr(path).then((l) => cb(0, l), (e) => cb(fail('listxattr', path, e))); },
+    statfs: (_path, cb) => {
+      const t = repo.totals();
+      const files = Number(t.regular + t.dir + t.symlink + t.special);
+      const c = repo.counters();
+      const blocks = Math.max(1, Math.ceil(c.cacheUsedBytes / 4096));
+      cb(0, { bsize: 4096, frsize: 4096, blocks, bfree: 0, bavail: 0, files, ffree: 0, favail: 0, fsid: 0x6376, flag: 1, namemax: 255 });
+    },
+  }, {
+    force: true, mkdir: false, timeout: false, autoCache: true, entryTimeout: ttl, attrTimeout: ttl,
+    fsname: `cvmfs2-${repo.fqrn}`, subtype: 'cvmfs', ...(o.allowOther ? { allowOther: true } : {}), ...(o.debug ? { debug: true } : {}),
+  });
+  await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())));
+  let unmounted = false;
+  return {
+    mountpoint: o.mountpoint,
+    unmount: async () => {
+      if (unmounted) return;
+      unmounted = true;
+      await new Promise<void>((resolve, reject) => fuse.unmount((err) => (err ? reject(err) : resolve())));
+      await Promise.all([...handles.values()].map((h) => h.close().catch(() => {})));
+      handles.clear();
+    },
+  };
+}
