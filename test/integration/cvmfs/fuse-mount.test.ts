@@ -96,7 +96,8 @@ t.test('round trip through a real FUSE mount: diff -r, modes, owners, links, xat
   t.equal(f3, h3, 'hardlinks share an inode');
   t.equal(f3, f3again, 'inodes are stable');
   t.equal((await sh(`readlink '${mnt}/vars/arch'`)).trim(), 'riscv/lib', '$(VAR:-default) expanded on readlink');
-  t.equal((await sh(`getfattr -h --only-values -n user.rawlink '${mnt}/vars/arch'`)), '$(CVMFS_TEST_ARCH:-amd64)/lib');
+  // Linux refuses user.* xattrs on symlinks before FUSE sees the request: user.rawlink is API-only
+  // (covered in reader.test.ts).
   const counters = JSON.parse(await sh(`getfattr --only-values -n user.counters '${mnt}'`));
   t.ok(counters.objectsFetched > 0, 'counters readable through the user.counters xattr');
   t.match(await sh(`df -i '${mnt}' | tail -1`), /\s\d+\s+\d+\s+0\s/, 'statfs reports the entry count');
