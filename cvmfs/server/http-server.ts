@@ -25,6 +25,7 @@ export interface RepositoryServer {
 }
 
 const LETTER_MAX_AGE_S = 61;
+const WHOLE_READ_BYTES = 4 * 1024 * 1024;
 const OBJECT_MAX_AGE_S = 3 * 24 * 3600;
 const SERVABLE = /^(\.cvmfs[A-Za-z0-9_.-]*|data\/[0-9a-f]{2}\/[0-9a-z-]+[A-Z]?)$/;
 
@@ -53,14 +54,21 @@ export async function serveRepository(o: ServeOptions): Promise<RepositoryServer
       return send(404, 'not found');
     }
     const letter = rel.startsWith('.cvmfs');
-    res.writeHead(200, {
+    const headers = {
       'Content-Type': letter ? 'application/x-cvmfs' : 'application/octet-stream',
       'Content-Length': size,
       'Cache-Control': `public, max-age=${letter ? LETTER_MAX_AGE_S : OBJECT_MAX_AGE_S}`,
-    });
-    if (req.method === 'HEAD') { res.end(); return; }
+    };
+    if (req.method === 'HEAD') { res.writeHead(200, headers).end(); return; }
     try {
-      await pipeline(createReadStream(file), res);
+      if (size <= WHOLE_READ_BYTES) {
+        // One read and one write: headers and body leave in the same segments.
+        const body = await fs.readFile(file);
+        res.writeHead(200, { ...headers, 'Content-Length': body.length }).end(body);
+        return;
+      }
+      res.writeHead(200, headers);
+      await pipeline(createReadStream(file, { highWaterMark: 1 << 20 }), res);
     } catch (err) {
       o.log?.(`serving ${rel} failed: ${(err as Error).message}`);
       res.destroy();

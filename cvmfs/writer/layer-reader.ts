@@ -14,7 +14,7 @@ import { textualHash, type HashAlgo } from '../format/hash.js';
 import { encodeObject, objectPath, type ObjectSuffix } from '../format/object.js';
 import { encodeXattrs } from '../format/xattr.js';
 import { Chunker, CHUNKING_THRESHOLD_BYTES } from './chunker.js';
-import type { Encoded, EncoderPool } from './encoder-pool.js';
+import type { Encoded, ZlibPool } from '../zlib-pool.js';
 import type { ObjectSink } from './object-sink.js';
 import { paxBytes, paxString } from './tar-pax.js';
 import { openTar, type TarCompression } from './tar-input.js';
@@ -31,7 +31,7 @@ export interface LayerReadStats {
 export interface LayerReadContext {
   readonly mountPath: string;
   readonly algo: HashAlgo;
-  readonly pool: EncoderPool;
+  readonly pool: ZlibPool;
   readonly sink: ObjectSink;
   readonly now: Date;
 }
@@ -94,7 +94,7 @@ export async function readLayer(input: Readable, ctx: LayerReadContext): Promise
       off += c.length;
     }
     if (off !== size) throw new CvmfsError('CVMFS_TAR_CORRUPT', `entry "${name}" is truncated (${off} of ${size} bytes)`);
-    return { content: store(pool.encode(buf), '').then((digest): FileContent => ({ kind: 'whole', digest })) };
+    return { content: store(pool.encode(buf, algo), '').then((digest): FileContent => ({ kind: 'whole', digest })) };
   }
 
   async function readChunked(body: AsyncIterable<Buffer>, size: number, name: string): Promise<Pending> {
@@ -107,7 +107,7 @@ export async function readLayer(input: Readable, ctx: LayerReadContext): Promise
       const data = new Uint8Array(n);
       let pos = 0;
       for (const p of parts) { data.set(p, pos); pos += p.length; }
-      encoded.push({ offset, size: n, enc: pool.encode(data) });
+      encoded.push({ offset, size: n, enc: pool.encode(data, algo) });
       encoded[encoded.length - 1]!.enc.catch(() => {});
       offset += n;
       parts = [];

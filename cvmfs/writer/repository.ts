@@ -17,7 +17,7 @@ import { fingerprintOf, fingerprintToTextual, textualHash, type HashAlgo } from 
 import { encodeObject } from '../format/object.js';
 import { whitelistExpired, whitelistExpiresAt } from '../format/whitelist.js';
 import { buildLayerCatalog } from './catalog-build.js';
-import { EncoderPool } from './encoder-pool.js';
+import { ZlibPool } from '../zlib-pool.js';
 import { applyGraft, closePlan, planGraft } from './graft.js';
 import { generateKeys, loadMasterKeys, loadSigningKeys, type SigningKeys } from './keys.js';
 import { readLayer, type LayerReadStats } from './layer-reader.js';
@@ -156,7 +156,7 @@ export async function ingest(o: IngestOptions): Promise<IngestResult> {
     const sink = new ObjectSink(o.storage);
     const ctx = { storage: o.storage, sink, algo, now, scratchDir: scratch };
     const plan = await planGraft(ctx, state.manifest.rootHash, mountPath);
-    const pool = new EncoderPool({ algo, ...(o.threads ? { threads: o.threads } : {}) });
+    const pool = new ZlibPool(o.threads ? { threads: o.threads } : {});
     try {
       const { tree, stats } = await readLayer(o.input, { mountPath, algo, pool, sink, now });
       const file = path.join(scratch, 'layer.sqlite');

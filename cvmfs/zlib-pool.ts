@@ -1,19 +1,18 @@
 /**
- * A pool of worker threads that compress and hash objects, so that tar parsing, catalog work and
- * storage I/O on the main thread overlap with compression on every core. Callers bound memory with
- * `waitForCapacity()` before handing over more bytes.
+ * A pool of worker threads for zlib work: the writer compresses and hashes objects there, so tar
+ * parsing, catalog work and storage I/O on the main thread overlap with compression on every core;
+ * the reader inflates downloaded chunks there. Callers bound memory with `waitForCapacity()`
+ * before handing over more bytes.
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
-import { CvmfsError } from '../errors.js';
-import type { HashAlgo } from '../format/hash.js';
-import type { EncodeReply, EncodeRequest } from './encode-worker.js';
+import { CvmfsError } from './errors.js';
+import type { HashAlgo } from './format/hash.js';
+import type { ZlibReply, ZlibRequest } from './zlib-worker.js';
 
 export interface Encoded { readonly stored: Buffer; readonly digest: Buffer }
 
-export interface EncoderPoolOptions {
-  readonly algo: HashAlgo;
-  readonly compress?: boolean;
+export interface ZlibPoolOptions {
   readonly threads?: number;
   readonly maxInFlightBytes?: number;
 }
@@ -21,11 +20,11 @@ export interface EncoderPoolOptions {
 export const DEFAULT_MAX_IN_FLIGHT_BYTES = 128 * 1024 * 1024;
 
 // Tests run the TypeScript sources directly; the build runs compiled JavaScript.
-const WORKER_URL = new URL(import.meta.url.endsWith('.ts') ? './encode-worker.ts' : './encode-worker.js', import.meta.url);
+const WORKER_URL = new URL(import.meta.url.endsWith('.ts') ? './zlib-worker.ts' : './zlib-worker.js', import.meta.url);
 
-interface Job { readonly req: EncodeRequest; readonly resolve: (e: Encoded) => void; readonly reject: (e: Error) => void }
+interface Job { readonly req: ZlibRequest; readonly resolve: (r: ZlibReply) => void; readonly reject: (e: Error) => void }
 
-export class EncoderPool {
+export class ZlibPool {
   private readonly workers: Worker[] = [];
   private readonly idle: Worker[] = [];
   private readonly queue: Job[] = [];
@@ -36,27 +35,39 @@ export class EncoderPool {
   private closed = false;
   private readonly maxInFlightBytes: number;
 
-  constructor(private readonly opts: EncoderPoolOptions) {
+  constructor(opts: ZlibPoolOptions = {}) {
     this.maxInFlightBytes = opts.maxInFlightBytes ?? DEFAULT_MAX_IN_FLIGHT_BYTES;
     const n = Math.max(1, opts.threads ?? availableParallelism());
     for (let i = 0; i < n; i++) {
       const w = new Worker(WORKER_URL);
-      w.on('message', (reply: EncodeReply) => this.onReply(w, reply));
+      w.on('message', (reply: ZlibReply) => this.onReply(w, reply));
       w.on('error', (err) => this.failAll(err));
       this.workers.push(w);
       this.idle.push(w);
     }
   }
 
-  /** Compresses and hashes `data`. The pool takes ownership of `data`'s buffer. */
-  encode(data: Uint8Array): Promise<Encoded> {
-    if (this.closed) return Promise.reject(new CvmfsError('CVMFS_BAD_ARGUMENT', 'encoder pool is closed'));
-    return new Promise<Encoded>((resolve, reject) => {
-      const req: EncodeRequest = { id: this.nextId++, data, algo: this.opts.algo, compress: this.opts.compress ?? true };
-      this.inFlightBytes += data.byteLength;
+  private submit(req: ZlibRequest): Promise<ZlibReply> {
+    if (this.closed) return Promise.reject(new CvmfsError('CVMFS_CLOSED', 'zlib pool is closed'));
+    return new Promise<ZlibReply>((resolve, reject) => {
+      this.inFlightBytes += req.data.byteLength;
       this.queue.push({ req, resolve, reject });
       this.dispatch();
     });
+  }
+
+  /** Compresses (unless `compress` is false) and hashes `data`. The pool takes ownership of `data`'s buffer. */
+  async encode(data: Uint8Array, algo: HashAlgo, compress = true): Promise<Encoded> {
+    const r = await this.submit({ id: this.nextId++, op: 'encode', data, algo, compress });
+    if (r.error) throw new CvmfsError('CVMFS_STORAGE_FAILED', `compressing an object failed: ${r.error}`);
+    return { stored: Buffer.from(r.out.buffer, r.out.byteOffset, r.out.byteLength), digest: Buffer.from(r.digest!) };
+  }
+
+  /** Inflates a zlib stream, refusing output beyond `maxBytes`; rejects with the zlib message. */
+  async inflate(data: Uint8Array, maxBytes: number): Promise<Buffer> {
+    const r = await this.submit({ id: this.nextId++, op: 'inflate', data, maxBytes });
+    if (r.error) throw new Error(r.error);
+    return Buffer.from(r.out.buffer, r.out.byteOffset, r.out.byteLength);
   }
 
   /** Resolves once fewer than the configured number of bytes are queued or being encoded. */
@@ -75,21 +86,20 @@ export class EncoderPool {
     }
   }
 
-  private onReply(w: Worker, reply: EncodeReply): void {
+  private onReply(w: Worker, reply: ZlibReply): void {
     const job = this.running.get(reply.id);
     this.running.delete(reply.id);
     this.idle.push(w);
     if (job) {
       this.inFlightBytes -= job.size;
-      if (reply.error) job.reject(new CvmfsError('CVMFS_STORAGE_FAILED', `compressing an object failed: ${reply.error}`));
-      else job.resolve({ stored: Buffer.from(reply.stored.buffer, reply.stored.byteOffset, reply.stored.byteLength), digest: Buffer.from(reply.digest) });
+      job.resolve(reply);
     }
     for (const wake of this.waiters.splice(0)) wake();
     this.dispatch();
   }
 
   private failAll(err: Error): void {
-    const e = new CvmfsError('CVMFS_STORAGE_FAILED', `compression worker failed: ${err.message}`, { cause: err });
+    const e = new CvmfsError('CVMFS_STORAGE_FAILED', `zlib worker failed: ${err.message}`, { cause: err });
     for (const j of [...this.running.values(), ...this.queue]) j.reject(e);
     this.running.clear();
     this.queue.length = 0;
