@@ -42,6 +42,18 @@ t.test('cvmfs-repo init, ingest (stdin and file), info, resign; errors exit non-
   t.match(r.stdout, /-shake128/);
   r = await cli(['info', '--dir', repo, '--json']);
   t.equal(JSON.parse(r.stdout).totals.regular, 4);
+  const { serveRepository } = await import('../../../cvmfs/index.js');
+  const srv = await serveRepository({ dir: repo, fqrn: 'cli.example.org' });
+  t.teardown(() => srv.close());
+  const client = ['--url', srv.url, '--name', 'cli.example.org', '--pubkey', path.join(keys, 'cli.example.org.pub'), '--cache', path.join(d, 'cache')];
+  r = await cli(['ls', ...client, '/layers/a']);
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stdout, /-0644\s+0\s+0\s+2 hello/);
+  r = await cli(['cat', ...client, '/layers/b/hello']);
+  t.equal(r.stdout, 'hi');
+  r = await cli(['cat', ...client, '/layers/b/missing']);
+  t.equal(r.code, 1);
+  t.match(r.stderr, /CVMFS_PATH_NOT_FOUND: \/layers\/b\/missing does not exist/);
   r = await cli(['resign', '--dir', repo, '--keys', keys, '--days', '7']);
   t.equal(r.code, 0, r.stderr);
   t.match(r.stdout, /expires/);

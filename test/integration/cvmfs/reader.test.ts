@@ -193,3 +193,25 @@ t.test('a new revision becomes visible after the TTL', async (t) => {
   t.equal((await r.readFile('/layers/two/new')).toString(), 'fresh');
   t.equal((await r.readFile('/layers/one/a.txt')).toString(), 'alpha', 'old content still there');
 });
+
+t.test('HTTP proxies: requests go through the configured proxy; a dead proxy fails over to the next', async (t) => {
+  const base = t.testdir();
+  const repo = await sampleRepo(base);
+  const srv = await serveRepository({ dir: repo.dir, fqrn: repo.fqrn });
+  t.teardown(() => srv.close());
+  const http = await import('node:http');
+  const seen: string[] = [];
+  const proxy = http.createServer((req, res) => {
+    seen.push(req.url ?? '');
+    http.get(req.url!, (up) => { res.writeHead(up.statusCode ?? 502, up.headers); up.pipe(res); }).on('error', () => res.writeHead(502).end());
+  });
+  await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => new Promise<void>((r) => { proxy.close(() => r()); proxy.closeAllConnections(); }));
+  const port = (proxy.address() as { port: number }).port;
+  const dead = new URL(await deadUrl(repo.fqrn)).host;
+  const r = await openRepository(opts(repo, [srv.url], path.join(base, 'cache'), { proxy: `http://${dead};http://127.0.0.1:${port}` }));
+  t.teardown(() => r.close());
+  t.equal((await r.readFile('/layers/one/a.txt')).toString(), 'alpha');
+  t.ok(seen.some((u) => u.endsWith('/.cvmfspublished')), 'manifest fetched through the proxy');
+  t.ok(seen.every((u) => u.startsWith(srv.url)), 'proxy receives absolute URLs');
+});
