@@ -3,8 +3,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := build
 
 # Build tools for the native addons (better-sqlite3, zstd-napi build from their bundled sources),
-# tar/gzip/openssl/attr for tests, libfuse2 + fuse (fusermount) for the FUSE client.
-APT_PACKAGES := g++ make python3 tar gzip openssl coreutils libfuse2 fuse attr
+# tar/gzip/openssl/attr for tests, libfuse2 + fuse (fusermount) for the FUSE client,
+# docker.io (20.10, dockerd) and busybox-static for the end-to-end tests.
+APT_PACKAGES := g++ make python3 tar gzip openssl coreutils libfuse2 fuse attr docker.io busybox-static
 
 .PHONY: deps apt build test demo bench clean
 

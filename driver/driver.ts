@@ -1,0 +1,187 @@
+/**
+ * The graphdriver: an overlay2-style layer store (docker-graphdriver-protocol.md §5–§7).
+ * Concurrency: one lock per layer ID, never a global one (commit runs Diff and ApplyDiff at once).
+ * Get/Put count references per ID: mount on 0 → 1, unmount on 1 → 0; the mount path is stable.
+ * Init arrives once per daemon start (G2): it is persisted, and a restarted plugin reloads it,
+ * its layers, and what is still mounted.
+ */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import { applyDiff } from './apply-diff.js';
+import { changesOf, diffSize, diffTar, type Change } from './diff.js';
+import { DriverError } from './errors.js';
+import { LayerStore } from './layer-store.js';
+import { Layout } from './layout.js';
+import { mount, mountpoints, unmount } from './mounter.js';
+import { overlayMountOf } from './overlay-options.js';
+
+export interface InitRequest { readonly home: string; readonly opts: readonly string[] }
+export type Logger = (level: 'debug' | 'info' | 'warn' | 'error', msg: string) => void;
+
+class KeyedLock {
+  private readonly tails = new Map<string, Promise<void>>();
+  async run<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.tails.get(key) ?? Promise.resolve();
+    let release!: () => void;
+    const next = new Promise<void>((r) => { release = r; });
+    const tail = prev.then(() => next);
+    this.tails.set(key, tail);
+    await prev;
+    try { return await fn(); } finally {
+      release();
+      if (this.tails.get(key) === tail) this.tails.delete(key);
+    }
+  }
+}
+
+export class GraphDriver {
+  private layout: Layout | undefined;
+  private store: LayerStore | undefined;
+  private readonly refs = new Map<string, number>();
+  private readonly mounted = new Set<string>();
+  private readonly locks = new KeyedLock();
+
+  constructor(private readonly log: Logger = () => {}) {}
+
+  private need(): { layout: Layout; store: LayerStore } {
+    if (!this.layout || !this.store) throw new DriverError('DRIVER_NOT_INITIALIZED', 'the driver has not received Init from the daemon');
+    return { layout: this.layout, store: this.store };
+  }
+
+  /** Init from the daemon; persisted so that a restarted plugin can resume (G2). */
+  async init(req: InitRequest, stateDir?: string): Promise<void> {
+    await this.open(req.home);
+    if (stateDir) {
+      await fs.mkdir(stateDir, { recursive: true });
+      await fs.writeFile(path.join(stateDir, 'init.json'), JSON.stringify(req));
+    }
+    this.log('info', `initialised at ${req.home}: ${this.store!.all().length} layers`);
+  }
+
+  /** Resumes after a plugin restart from the persisted Init, if any. */
+  async resume(stateDir: string): Promise<boolean> {
+    const text = await fs.readFile(path.join(stateDir, 'init.json'), 'utf8').catch(() => undefined);
+    if (!text) return false;
+    const req = JSON.parse(text) as InitRequest;
+    await this.open(req.home);
+    this.log('info', `resumed at ${req.home} after a restart: ${this.store!.all().length} layers, ${this.mounted.size} mounted`);
+    return true;
+  }
+
+  private async open(home: string): Promise<void> {
+    if (!path.isAbsolute(home)) throw new DriverError('DRIVER_BAD_REQUEST', `Home "${home}" is not an absolute path`);
+    await fs.mkdir(home, { recursive: true, mode: 0o700 });
+    const layout = new Layout(home);
+    const store = new LayerStore(layout);
+    await store.load();
+    const mps = await mountpoints();
+    this.mounted.clear();
+    this.refs.clear();
+    for (const r of store.all()) if (mps.has(layout.mergedDir(r.id))) this.mounted.add(r.id);
+    const swept = await store.sweep((d) => mps.has(d));
+    if (swept.length) this.log('info', `removed ${swept.length} leftover layer directories`);
+    this.layout = layout;
+    this.store = store;
+  }
+
+  async create(id: string, parent: string, readWrite: boolean): Promise<void> {
+    const { store } = this.need();
+    Layout.checkId(id);
+    if (parent) Layout.checkId(parent);
+    await this.locks.run(id, () => store.create(id, parent, readWrite).then(() => {}));
+  }
+
+  async remove(id: string): Promise<void> {
+    const { store, layout } = this.need();
+    await this.locks.run(id, async () => {
+      if (!store.has(id)) return;
+      const children = store.all().filter((r) => r.parent === id).map((r) => r.id);
+      if (children.length) throw new DriverError('DRIVER_LAYER_BUSY', `layer ${id} is the parent of ${children.join(', ')}`);
+      if (this.mounted.has(id)) { await unmount(layout.mergedDir(id)); this.mounted.delete(id); }
+      this.refs.delete(id);
+      await store.remove(id);
+    });
+  }
+
+  async get(id: string): Promise<string> {
+    const { store, layout } = this.need();
+    return this.locks.run(id, async () => {
+      const chain = store.chain(id);
+      const merged = layout.mergedDir(id);
+      if (!this.mounted.has(id)) {
+        const m = overlayMountOf({ home: layout.home, lowerLinks: chain.slice(1).map((r) => `l/${r.link}`),
+          upperDir: layout.diffDir(id), workDir: layout.workDir(id) });
+        await mount(m, merged);
+        this.mounted.add(id);
+      }
+      this.refs.set(id, (this.refs.get(id) ?? 0) + 1);
+      return merged;
+    });
+  }
+
+  async put(id: string): Promise<void> {
+    const { layout } = this.need();
+    await this.locks.run(id, async () => {
+      const n = (this.refs.get(id) ?? 0) - 1;
+      if (n > 0) { this.refs.set(id, n); return; }
+      this.refs.delete(id);
+      if (this.mounted.has(id)) { await unmount(layout.mergedDir(id)); this.mounted.delete(id); }
+    });
+  }
+
+  exists(id: string): boolean { return this.need().store.has(id); }
+
+  status(): [string, string][] {
+    const { store, layout } = this.need();
+    return [['Home', layout.home], ['Backing Filesystem', 'overlay'], ['Layers', String(store.all().length)], ['Mounted', String(this.mounted.size)]];
+  }
+
+  metadata(id: string): Record<string, string> {
+    const { store, layout } = this.need();
+    const chain = store.chain(id);
+    const md: Record<string, string> = { UpperDir: layout.diffDir(id), WorkDir: layout.workDir(id), MergedDir: layout.mergedDir(id) };
+    if (chain.length > 1) md.LowerDir = chain.slice(1).map((r) => layout.diffDir(r.id)).join(':');
+    return md;
+  }
+
+  async cleanup(): Promise<void> {
+    const { layout } = this.need();
+    for (const id of [...this.mounted]) {
+      await unmount(layout.mergedDir(id)).catch((err: Error) => this.log('warn', err.message));
+      this.mounted.delete(id);
+    }
+    this.refs.clear();
+  }
+
+  async applyDiff(id: string, parent: string, input: Readable): Promise<number> {
+    const { store, layout } = this.need();
+    const rec = store.must(id);
+    if (parent !== rec.parent) throw new DriverError('DRIVER_BAD_REQUEST', `ApplyDiff parent "${parent}" is not the parent "${rec.parent}" of layer ${id}`);
+    return this.locks.run(id, () => applyDiff(layout.diffDir(id), input));
+  }
+
+  /** Only against the layer's own parent: other ancestors (docker build --squash) are refused. */
+  private checkDiffParent(id: string, parent: string): void {
+    const rec = this.need().store.must(id);
+    if (parent !== rec.parent) {
+      throw new DriverError('DRIVER_UNSUPPORTED', `Diff of ${id} against "${parent || '(empty)'}" is not supported, only against its parent ${rec.parent || '(none)'}`);
+    }
+  }
+
+  diff(id: string, parent: string): Readable {
+    this.checkDiffParent(id, parent);
+    return diffTar(this.need().layout.diffDir(id));
+  }
+
+  async changes(id: string, parent: string): Promise<Change[]> {
+    this.checkDiffParent(id, parent);
+    const { store, layout } = this.need();
+    return changesOf(layout.diffDir(id), store.chain(id).slice(1).map((r) => layout.diffDir(r.id)));
+  }
+
+  async diffSize(id: string, parent: string): Promise<number> {
+    this.checkDiffParent(id, parent);
+    return diffSize(this.need().layout.diffDir(id));
+  }
+}

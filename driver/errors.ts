@@ -1,0 +1,40 @@
+/** Driver errors (docs/style.md §3): codes with one kind each; the plugin edge prefixes the code. */
+import type { ErrorKind } from '../cvmfs/errors.js';
+
+export type DriverErrorCode =
+  | 'DRIVER_NOT_INITIALIZED'
+  | 'DRIVER_BAD_REQUEST'
+  | 'DRIVER_LAYER_NOT_FOUND'
+  | 'DRIVER_LAYER_EXISTS'
+  | 'DRIVER_PARENT_NOT_FOUND'
+  | 'DRIVER_LAYER_BUSY'
+  | 'DRIVER_MOUNT_FAILED'
+  | 'DRIVER_TAR_PATH_ESCAPE'
+  | 'DRIVER_TAR_CORRUPT'
+  | 'DRIVER_UNSUPPORTED'
+  | 'DRIVER_IO_FAILED';
+
+const KIND_OF: Readonly<Record<DriverErrorCode, ErrorKind>> = {
+  DRIVER_NOT_INITIALIZED: 'internal',
+  DRIVER_BAD_REQUEST: 'invalid-input',
+  DRIVER_LAYER_NOT_FOUND: 'not-found',
+  DRIVER_LAYER_EXISTS: 'exists',
+  DRIVER_PARENT_NOT_FOUND: 'not-found',
+  DRIVER_LAYER_BUSY: 'busy',
+  DRIVER_MOUNT_FAILED: 'unavailable',
+  DRIVER_TAR_PATH_ESCAPE: 'invalid-input',
+  DRIVER_TAR_CORRUPT: 'invalid-input',
+  DRIVER_UNSUPPORTED: 'invalid-input',
+  DRIVER_IO_FAILED: 'unavailable',
+};
+
+export class DriverError extends Error {
+  override readonly name = 'DriverError';
+  readonly code: DriverErrorCode;
+  readonly kind: ErrorKind;
+  constructor(code: DriverErrorCode, message: string, options?: { cause?: unknown }) {
+    super(`${code}: ${message}`, options);
+    this.code = code;
+    this.kind = KIND_OF[code];
+  }
+}

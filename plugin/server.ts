@@ -1,0 +1,104 @@
+/**
+ * The Docker graphdriver plugin protocol over HTTP on a unix socket (docker-graphdriver-protocol.md
+ * §2–§6), mapped onto the driver. Protocol only: bodies are parsed whatever the Content-Type,
+ * success is 200 with at least `{}`, every error is `500 {"Err": "<CODE>: …"}`. ApplyDiff reads the
+ * chunked tar body itself (no body parser, no request timeout); Diff streams a tar, and a failure
+ * after the first byte destroys the connection so the daemon never takes a truncated tar.
+ */
+import http from 'node:http';
+import fs from 'node:fs/promises';
+import express, { type Request, type Response } from 'express';
+import type { GraphDriver, Logger } from '../driver/index.js';
+
+const JSON_LIMIT = '1mb';
+
+/** The daemon's per-layer request; absent keys mean "" (docker-graphdriver-protocol.md §2.2). */
+interface LayerRequest { readonly id: string; readonly parent: string }
+
+function field(body: unknown, key: string): string {
+  if (body === null || typeof body !== 'object') return '';
+  const v = (body as Record<string, unknown>)[key];
+  return typeof v === 'string' ? v : '';
+}
+function layerRequest(body: unknown): LayerRequest { return { id: field(body, 'ID'), parent: field(body, 'Parent') }; }
+function stringList(body: unknown, key: string): string[] {
+  const v = body !== null && typeof body === 'object' ? (body as Record<string, unknown>)[key] : undefined;
+  return Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+export interface PluginOptions { readonly driver: GraphDriver; readonly stateDir: string; readonly log: Logger }
+
+export function createPluginApp(o: PluginOptions): express.Express {
+  const { driver, log } = o;
+  const app = express();
+  app.disable('x-powered-by');
+  const json = express.json({ type: () => true, strict: false, limit: JSON_LIMIT });
+
+  const handle = (method: string, fn: (body: unknown) => Promise<unknown> | unknown) => {
+    app.post(`/${method}`, json, (req: Request, res: Response) => {
+      const body: unknown = req.body ?? {};
+      Promise.resolve().then(() => fn(body)).then((out) => res.status(200).json(out ?? {}), (err: unknown) => {
+        log('error', `${method}: ${errorText(err)}`);
+        res.status(500).json({ Err: errorText(err) });
+      });
+    });
+  };
+
+  handle('Plugin.Activate', () => ({ Implements: ['GraphDriver'] }));
+  handle('GraphDriver.Init', (b) => driver.init({ home: field(b, 'Home'), opts: stringList(b, 'Opts') }, o.stateDir).then(() => ({})));
+  handle('GraphDriver.Capabilities', () => ({ Capabilities: { ReproducesExactDiffs: false } }));
+  handle('GraphDriver.Create', (b) => { const r = layerRequest(b); return driver.create(r.id, r.parent, false).then(() => ({})); });
+  handle('GraphDriver.CreateReadWrite', (b) => { const r = layerRequest(b); return driver.create(r.id, r.parent, true).then(() => ({})); });
+  handle('GraphDriver.Remove', (b) => driver.remove(field(b, 'ID')).then(() => ({})));
+  handle('GraphDriver.Get', (b) => driver.get(field(b, 'ID')).then((dir) => ({ Dir: dir })));
+  handle('GraphDriver.Put', (b) => driver.put(field(b, 'ID')).then(() => ({})));
+  handle('GraphDriver.Exists', (b) => ({ Exists: driver.exists(field(b, 'ID')) }));
+  handle('GraphDriver.Status', () => ({ Status: driver.status() }));
+  handle('GraphDriver.GetMetadata', (b) => ({ Metadata: driver.metadata(field(b, 'ID')) }));
+  handle('GraphDriver.Cleanup', () => driver.cleanup().then(() => ({})));
+  handle('GraphDriver.Changes', (b) => { const r = layerRequest(b); return driver.changes(r.id, r.parent).then((c) => ({ Changes: c })); });
+  handle('GraphDriver.DiffSize', (b) => { const r = layerRequest(b); return driver.diffSize(r.id, r.parent).then((s) => ({ Size: s })); });
+
+  app.post('/GraphDriver.ApplyDiff', (req: Request, res: Response) => {
+    const id = typeof req.query.id === 'string' ? req.query.id : '';
+    const parent = typeof req.query.parent === 'string' ? req.query.parent : '';
+    driver.applyDiff(id, parent, req).then((size) => res.status(200).json({ Size: size }), (err: unknown) => {
+      log('error', `GraphDriver.ApplyDiff ${id}: ${errorText(err)}`);
+      // Drain the rest of the upload before answering: the daemon must not see a dropped request.
+      req.resume();
+      const answer = () => res.status(500).json({ Err: errorText(err) });
+      if (req.readableEnded) answer(); else req.once('end', answer).once('error', answer);
+    });
+  });
+
+  app.post('/GraphDriver.Diff', json, (req: Request, res: Response) => {
+    const r = layerRequest(req.body ?? {});
+    let tar;
+    try { tar = driver.diff(r.id, r.parent); } catch (err) {
+      log('error', `GraphDriver.Diff ${r.id}: ${errorText(err)}`);
+      res.status(500).json({ Err: errorText(err) });
+      return;
+    }
+    res.status(200).type('application/x-tar');
+    tar.on('error', (err: Error) => { log('error', `GraphDriver.Diff ${r.id} failed mid-stream: ${err.message}`); res.destroy(err); });
+    tar.pipe(res);
+  });
+
+  app.use((req: Request, res: Response) => { res.status(404).json({ Err: `unknown method ${req.path}` }); });
+  return app;
+}
+
+/** Listens on a unix socket with the timeouts the daemon needs (§4.1, §4.2). */
+export async function listenPlugin(app: express.Express, socketPath: string): Promise<http.Server> {
+  await fs.rm(socketPath, { force: true });
+  const server = http.createServer(app);
+  server.keepAliveTimeout = 10 * 60_000;
+  server.requestTimeout = 0;
+  server.headersTimeout = 60_000;
+  await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(socketPath, () => resolve()); });
+  return server;
+}
