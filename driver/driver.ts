@@ -15,6 +15,10 @@ import { LayerStore } from './layer-store.js';
 import { Layout } from './layout.js';
 import { mount, mountpoints, unmount } from './mounter.js';
 import { overlayMountOf } from './overlay-options.js';
+import { RepoMounts, type RepoLease, type RepositoryConfig } from './repo-mounts.js';
+import { parseThin, THIN_FILES, type ThinFile } from './thin.js';
+import { createHash } from 'node:crypto';
+import type { LayerRecord } from './layer-store.js';
 
 export interface InitRequest { readonly home: string; readonly opts: readonly string[] }
 export type Logger = (level: 'debug' | 'info' | 'warn' | 'error', msg: string) => void;
@@ -35,14 +39,25 @@ class KeyedLock {
   }
 }
 
+export interface DriverOptions {
+  readonly repositories?: RepositoryConfig;
+  /** Repository for old descriptors whose layers carry no URL. */
+  readonly defaultRepository?: string;
+  readonly log?: Logger;
+}
+
 export class GraphDriver {
   private layout: Layout | undefined;
   private store: LayerStore | undefined;
+  private repos: RepoMounts | undefined;
   private readonly refs = new Map<string, number>();
   private readonly mounted = new Set<string>();
+  /** Repository leases held by each mounted layer built on a thin image. */
+  private readonly leases = new Map<string, RepoLease[]>();
   private readonly locks = new KeyedLock();
+  private readonly log: Logger;
 
-  constructor(private readonly log: Logger = () => {}) {}
+  constructor(private readonly o: DriverOptions = {}) { this.log = o.log ?? (() => {}); }
 
   private need(): { layout: Layout; store: LayerStore } {
     if (!this.layout || !this.store) throw new DriverError('DRIVER_NOT_INITIALIZED', 'the driver has not received Init from the daemon');
@@ -83,6 +98,7 @@ export class GraphDriver {
     if (swept.length) this.log('info', `removed ${swept.length} leftover layer directories`);
     this.layout = layout;
     this.store = store;
+    if (this.o.repositories) this.repos = new RepoMounts(this.o.repositories, path.join(home, 'cvmfs'), this.log);
   }
 
   async create(id: string, parent: string, readWrite: boolean): Promise<void> {
@@ -99,6 +115,7 @@ export class GraphDriver {
       const children = store.all().filter((r) => r.parent === id).map((r) => r.id);
       if (children.length) throw new DriverError('DRIVER_LAYER_BUSY', `layer ${id} is the parent of ${children.join(', ')}`);
       if (this.mounted.has(id)) { await unmount(layout.mergedDir(id)); this.mounted.delete(id); }
+      await this.releaseLeases(id);
       this.refs.delete(id);
       await store.remove(id);
     });
@@ -110,14 +127,80 @@ export class GraphDriver {
       const chain = store.chain(id);
       const merged = layout.mergedDir(id);
       if (!this.mounted.has(id)) {
-        const m = overlayMountOf({ home: layout.home, lowerLinks: chain.slice(1).map((r) => `l/${r.link}`),
-          upperDir: layout.diffDir(id), workDir: layout.workDir(id) });
-        await mount(m, merged);
+        const { lowers, leases } = await this.lowerStack(chain);
+        try {
+          const m = overlayMountOf({ home: layout.home, lowerLinks: lowers, upperDir: layout.diffDir(id), workDir: layout.workDir(id) });
+          await mount(m, merged);
+        } catch (err) {
+          await Promise.all(leases.map((l) => l.release()));
+          throw err;
+        }
+        if (leases.length) this.leases.set(id, leases);
         this.mounted.add(id);
       }
       this.refs.set(id, (this.refs.get(id) ?? 0) + 1);
       return merged;
     });
+  }
+
+  /**
+   * Lower dirs for a chain (the layer itself first). The nearest thin ancestor's descriptor
+   * describes the filesystem below it (R8): its layers come from their repositories, top-most
+   * first; regular layers above it stack normally, and regular layers below it go underneath (R7).
+   * A thin layer's own Get is its plain directory with the byte-exact thin.json (R15).
+   */
+  private async lowerStack(chain: readonly LayerRecord[]): Promise<{ lowers: string[]; leases: RepoLease[] }> {
+    const { layout } = this.need();
+    const k = chain.findIndex((r, i) => i > 0 && r.thin !== undefined);
+    if (k < 0) return { lowers: chain.slice(1).map((r) => `l/${r.link}`), leases: [] };
+    const thin = chain[k]!;
+    const file = thin.thin!;
+    if (!this.repos) throw new DriverError('DRIVER_REPOSITORY_UNCONFIGURED', `layer ${thin.id} is a thin image but no CernVM-FS repositories are configured`);
+    const bytes = await fs.readFile(path.join(layout.diffDir(thin.id), file));
+    const desc = parseThin(file as ThinFile, bytes, this.o.defaultRepository);
+    const leases = new Map<string, RepoLease>();
+    const cvmfsLowers: string[] = [];
+    try {
+      for (const l of [...desc.layers].reverse()) {
+        let lease = leases.get(l.fqrn);
+        if (!lease) { lease = await this.repos.acquire(l.fqrn); leases.set(l.fqrn, lease); }
+        const where = `${l.fqrn}:${l.path} (layer sha256:${l.digest})`;
+        let d = await lease.repo.stat(l.path).catch(() => undefined);
+        if (!d) {
+          // The layer may have been published after the last TTL check (§4.5 step 3).
+          await lease.repo.refresh().catch(() => false);
+          d = await lease.repo.stat(l.path).catch(() => undefined);
+        }
+        if (!d) throw new DriverError('DRIVER_THIN_LAYER_MISSING', `layer sha256:${l.digest} is not in repository ${l.fqrn} at ${l.path}`);
+        if (d.kind !== 'dir') throw new DriverError('DRIVER_THIN_INVALID', `${where} is not a directory`);
+        cvmfsLowers.push(await this.linkTo(path.join(lease.root, l.path), `${l.fqrn}${l.path}`));
+      }
+    } catch (err) {
+      await Promise.all([...leases.values()].map((l) => l.release()));
+      throw err;
+    }
+    const above = chain.slice(1, k).map((r) => `l/${r.link}`);
+    const below = chain.slice(k + 1).map((r) => `l/${r.link}`);
+    return { lowers: [...above, ...cvmfsLowers, ...below], leases: [...leases.values()] };
+  }
+
+  /** A short `l/` link to a directory inside a repository mount, keeping mount data small. */
+  private async linkTo(target: string, key: string): Promise<string> {
+    const { layout } = this.need();
+    const short = 'c' + createHash('sha256').update(key).digest('base64url').slice(0, 15);
+    const link = layout.link(short);
+    const cur = await fs.readlink(link).catch(() => undefined);
+    if (cur !== target) {
+      await fs.rm(link, { force: true });
+      await fs.symlink(target, link);
+    }
+    return `l/${short}`;
+  }
+
+  private async releaseLeases(id: string): Promise<void> {
+    const ls = this.leases.get(id);
+    this.leases.delete(id);
+    if (ls) await Promise.all(ls.map((l) => l.release()));
   }
 
   async put(id: string): Promise<void> {
@@ -127,6 +210,7 @@ export class GraphDriver {
       if (n > 0) { this.refs.set(id, n); return; }
       this.refs.delete(id);
       if (this.mounted.has(id)) { await unmount(layout.mergedDir(id)); this.mounted.delete(id); }
+      await this.releaseLeases(id);
     });
   }
 
@@ -134,7 +218,9 @@ export class GraphDriver {
 
   status(): [string, string][] {
     const { store, layout } = this.need();
-    return [['Home', layout.home], ['Backing Filesystem', 'overlay'], ['Layers', String(store.all().length)], ['Mounted', String(this.mounted.size)]];
+    const repos = this.repos?.active().map(([f, n]) => `${f} (${n})`).join(', ') || 'none';
+    return [['Home', layout.home], ['Backing Filesystem', 'overlay'], ['Layers', String(store.all().length)],
+      ['Thin layers', String(store.all().filter((r) => r.thin).length)], ['Mounted', String(this.mounted.size)], ['Repositories mounted', repos]];
   }
 
   metadata(id: string): Record<string, string> {
@@ -152,13 +238,26 @@ export class GraphDriver {
       this.mounted.delete(id);
     }
     this.refs.clear();
+    this.leases.clear();
+    await this.repos?.releaseAll();
   }
 
   async applyDiff(id: string, parent: string, input: Readable): Promise<number> {
     const { store, layout } = this.need();
     const rec = store.must(id);
     if (parent !== rec.parent) throw new DriverError('DRIVER_BAD_REQUEST', `ApplyDiff parent "${parent}" is not the parent "${rec.parent}" of layer ${id}`);
-    return this.locks.run(id, () => applyDiff(layout.diffDir(id), input));
+    return this.locks.run(id, async () => {
+      const size = await applyDiff(layout.diffDir(id), input);
+      for (const f of THIN_FILES) {
+        const st = await fs.lstat(path.join(layout.diffDir(id), f)).catch(() => undefined);
+        if (st?.isFile()) {
+          await store.update({ ...rec, thin: f });
+          this.log('info', `layer ${id} is a thin image (${f})`);
+          break;
+        }
+      }
+      return size;
+    });
   }
 
   /** Only against the layer's own parent: other ancestors (docker build --squash) are refused. */

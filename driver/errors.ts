@@ -12,6 +12,10 @@ export type DriverErrorCode =
   | 'DRIVER_TAR_PATH_ESCAPE'
   | 'DRIVER_TAR_CORRUPT'
   | 'DRIVER_UNSUPPORTED'
+  | 'DRIVER_THIN_INVALID'
+  | 'DRIVER_THIN_LAYER_MISSING'
+  | 'DRIVER_REPOSITORY_UNCONFIGURED'
+  | 'DRIVER_REPOSITORY_UNAVAILABLE'
   | 'DRIVER_IO_FAILED';
 
 const KIND_OF: Readonly<Record<DriverErrorCode, ErrorKind>> = {
@@ -25,6 +29,10 @@ const KIND_OF: Readonly<Record<DriverErrorCode, ErrorKind>> = {
   DRIVER_TAR_PATH_ESCAPE: 'invalid-input',
   DRIVER_TAR_CORRUPT: 'invalid-input',
   DRIVER_UNSUPPORTED: 'invalid-input',
+  DRIVER_THIN_INVALID: 'invalid-input',
+  DRIVER_THIN_LAYER_MISSING: 'not-found',
+  DRIVER_REPOSITORY_UNCONFIGURED: 'invalid-input',
+  DRIVER_REPOSITORY_UNAVAILABLE: 'unavailable',
   DRIVER_IO_FAILED: 'unavailable',
 };
 

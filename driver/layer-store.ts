@@ -8,6 +8,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { DriverError } from './errors.js';
 import { Layout } from './layout.js';
+import type { ThinFile } from './thin.js';
 
 export interface LayerRecord {
   readonly id: string;
@@ -16,6 +17,8 @@ export interface LayerRecord {
   /** Short name of the `l/` link to this layer's diff dir. */
   readonly link: string;
   readonly created: string;
+  /** Set when the applied layer holds a thin image descriptor at its root. */
+  readonly thin?: ThinFile;
 }
 
 export class LayerStore {
@@ -78,11 +81,20 @@ export class LayerStore {
     await fs.mkdir(l.workDir(id), { recursive: true, mode: 0o700 });
     await fs.mkdir(l.mergedDir(id), { recursive: true, mode: 0o700 });
     await fs.symlink(path.join('..', 'layers', id, 'diff'), l.link(rec.link));
-    const tmp = `${l.metaFile(id)}.tmp`;
-    await fs.writeFile(tmp, JSON.stringify(rec));
-    await fs.rename(tmp, l.metaFile(id));
-    this.records.set(id, rec);
+    await this.write(rec);
     return rec;
+  }
+
+  async update(rec: LayerRecord): Promise<void> {
+    this.must(rec.id);
+    await this.write(rec);
+  }
+
+  private async write(rec: LayerRecord): Promise<void> {
+    const tmp = `${this.layout.metaFile(rec.id)}.tmp`;
+    await fs.writeFile(tmp, JSON.stringify(rec));
+    await fs.rename(tmp, this.layout.metaFile(rec.id));
+    this.records.set(rec.id, rec);
   }
 
   async remove(id: string): Promise<void> {

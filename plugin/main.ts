@@ -21,7 +21,20 @@ async function main(): Promise<void> {
   const minLevel = LEVELS.indexOf((values['log-level'] ?? env.CVMFSGD_LOG_LEVEL ?? 'info') as (typeof LEVELS)[number]);
   const log: Logger = (level, msg) => { if (LEVELS.indexOf(level) >= Math.max(0, minLevel)) console.error(`${new Date().toISOString()} ${level} ${msg}`); };
 
-  const driver = new GraphDriver(log);
+  const configDir = env.CVMFSGD_CONFIG_DIR ?? '/etc/cvmfs-graphdriver';
+  const perRepository = await readRepositoriesFile(path.join(configDir, 'repositories.json'), log);
+  const driver = new GraphDriver({
+    log,
+    repositories: {
+      servers: (env.CVMFSGD_SERVER_URL ?? 'http://127.0.0.1:8000/cvmfs/@fqrn@').split(';').filter(Boolean),
+      perRepository,
+      ...(env.CVMFSGD_HTTP_PROXY ? { proxy: env.CVMFSGD_HTTP_PROXY } : {}),
+      keysDir: env.CVMFSGD_KEYS_DIR ?? path.join(configDir, 'keys'),
+      cacheDir: env.CVMFSGD_CACHE_DIR ?? path.join(stateDir, 'cache'),
+      quotaBytes: Number(env.CVMFSGD_CACHE_QUOTA_MB ?? '4000') * 1024 * 1024,
+    },
+    ...(env.CVMFSGD_DEFAULT_REPOSITORY ? { defaultRepository: env.CVMFSGD_DEFAULT_REPOSITORY } : {}),
+  });
   await fs.mkdir(path.dirname(socket), { recursive: true });
   const server = await listenPlugin(createPluginApp({ driver, stateDir, log }), socket);
   log('info', `listening on ${socket}`);
@@ -38,6 +51,28 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+}
+
+/** Optional per-repository settings: {"<fqrn>": {"servers": ["http://…"], "proxy": "…"}}. */
+async function readRepositoriesFile(file: string, log: Logger): Promise<Record<string, { servers?: string[]; proxy?: string }>> {
+  const text = await fs.readFile(file, 'utf8').catch(() => undefined);
+  if (text === undefined) return {};
+  const out: Record<string, { servers?: string[]; proxy?: string }> = {};
+  try {
+    const doc = JSON.parse(text) as unknown;
+    if (doc === null || typeof doc !== 'object') throw new Error('not a JSON object');
+    for (const [fqrn, v] of Object.entries(doc as Record<string, unknown>)) {
+      const e = (v ?? {}) as Record<string, unknown>;
+      out[fqrn] = {
+        ...(Array.isArray(e.servers) ? { servers: e.servers.filter((x): x is string => typeof x === 'string') } : {}),
+        ...(typeof e.proxy === 'string' ? { proxy: e.proxy } : {}),
+      };
+    }
+  } catch (err) {
+    throw new Error(`${file}: ${(err as Error).message}`);
+  }
+  log('info', `per-repository settings for ${Object.keys(out).join(', ') || 'no repository'} from ${file}`);
+  return out;
 }
 
 main().catch((err: Error) => { console.error(`cvmfs-graphdriver: ${err.message}`); process.exitCode = 1; });

@@ -4,7 +4,7 @@
  * serves the mount must never read it synchronously (it would deadlock): every handler is async.
  */
 import Fuse, { type FuseStat } from 'fuse-native';
-import { isCvmfsError } from '../errors.js';
+import { CvmfsError, isCvmfsError } from '../errors.js';
 import type { Dirent, FileHandle, Repository } from '../reader/repository.js';
 
 const ENODATA = -61;
@@ -15,8 +15,21 @@ export interface MountOptions {
   readonly debug?: boolean;
   /** Kernel attribute and entry cache lifetime. */
   readonly kernelCacheSeconds?: number;
+  /**
+   * Present AUFS-style whiteouts, as image layers store them, in overlayfs form
+   * (thin-images-and-layout.md §5.3a): `.wh.<name>` appears as a 0/0 character device `<name>`,
+   * `.wh..wh..opq` as `trusted.overlay.opaque=y` on its directory, and the marker files vanish,
+   * as do the `.cvmfscatalog` markers that nested catalogs put in a layer directory.
+   */
+  readonly overlayWhiteouts?: boolean;
   readonly log?: (line: string) => void;
 }
+
+const WH = '.wh.';
+const OPAQUE = '.wh..wh..opq';
+const OPAQUE_XATTR = 'trusted.overlay.opaque';
+const S_IFCHR = 0o020000;
+const CATALOG_MARKERS = new Set(['.cvmfscatalog', '.cvmfsautocatalog']);
 
 export interface Mount {
   readonly mountpoint: string;
@@ -102,10 +115,44 @@ export async function mountRepository(repo: Repository, o: MountOptions): Promis
     return errno;
   };
   const ttl = o.kernelCacheSeconds ?? 60;
+  const wh = o.overlayWhiteouts ?? false;
+  const baseName = (p: string) => p.slice(p.lastIndexOf('/') + 1);
+  const dirName = (p: string) => p.slice(0, Math.max(0, p.lastIndexOf('/')));
+  /** stat with whiteout translation: markers are hidden; a missing name with a marker is a 0/0 device. */
+  const statView = async (path: string) => {
+    if (!wh) return toStat(await repo.stat(path));
+    const base = baseName(path);
+    if (base.startsWith(WH) || CATALOG_MARKERS.has(base)) throw new CvmfsError('CVMFS_PATH_NOT_FOUND', `${path} is a marker, hidden in overlay form`);
+    try {
+      return toStat(await repo.stat(path));
+    } catch (err) {
+      const marker = await repo.stat(`${dirName(path)}/${WH}${base}`).catch(() => undefined);
+      if (!marker) throw err;
+      return { ...toStat(marker), mode: S_IFCHR, rdev: 0, size: 0, nlink: 1 };
+    }
+  };
   const fuse = new CvmfsFuse(o.mountpoint, {
-    getattr: (path, cb) => { repo.stat(path).then((d) => cb(0, toStat(d)), (e) => cb(fail('getattr', path, e))); },
+    getattr: (path, cb) => { statView(path).then((st) => cb(0, st), (e) => cb(fail('getattr', path, e))); },
     readdir: (path, cb) => {
-      repo.readdir(path).then((ds) => cb(0, ds.map((d) => d.name), ds.map(toStat)), (e) => cb(fail('readdir', path, e)));
+      repo.readdir(path).then((ds) => {
+        if (!wh) { cb(0, ds.map((d) => d.name), ds.map(toStat)); return; }
+        const names: string[] = [];
+        const stats: FuseStat[] = [];
+        const present = new Set(ds.map((d) => d.name));
+        for (const d of ds) {
+          if (d.name === OPAQUE || CATALOG_MARKERS.has(d.name)) continue;
+          if (d.name.startsWith(WH)) {
+            const shown = d.name.slice(WH.length);
+            if (present.has(shown)) continue;
+            names.push(shown);
+            stats.push({ ...toStat(d), mode: S_IFCHR, rdev: 0, size: 0, nlink: 1 });
+            continue;
+          }
+          names.push(d.name);
+          stats.push(toStat(d));
+        }
+        cb(0, names, stats);
+      }, (e) => cb(fail('readdir', path, e)));
     },
     open: (path, flags, cb) => {
       if ((flags & 3) !== 0) { cb(Fuse.EROFS); return; }
@@ -122,7 +169,13 @@ export async function mountRepository(repo: Repository, o: MountOptions): Promis
       h.read(buf, 0, len, pos).then((n) => cb(n), (e) => cb(fail('read', path, e)));
     },
     readlink: (path, cb) => { repo.readlink(path).then((t) => cb(0, t), (e) => cb(fail('readlink', path, e))); },
-    getxattr: (path, name, _pos, cb) => { repo.getxattr(path, name).then((v) => cb(0, v), (e) => cb(fail('getxattr', path, e))); },
+    getxattr: (path, name, _pos, cb) => {
+      if (wh && name === OPAQUE_XATTR) {
+        repo.stat(`${path === '/' ? '' : path}/${OPAQUE}`).then(() => cb(0, Buffer.from('y')), () => cb(ENODATA));
+        return;
+      }
+      repo.getxattr(path, name).then((v) => cb(0, v), (e) => cb(fail('getxattr', path, e)));
+    },
     listxattr: (path, cb) => { repo.listxattr(path).then((l) => cb(0, l), (e) => cb(fail('listxattr', path, e))); },
     statfs: (_path, cb) => {
       const t = repo.totals();
