@@ -112,8 +112,16 @@ export class GraphDriver {
     const { store, layout } = this.need();
     await this.locks.run(id, async () => {
       if (!store.has(id)) return;
-      const children = store.all().filter((r) => r.parent === id).map((r) => r.id);
-      if (children.length) throw new DriverError('DRIVER_LAYER_BUSY', `layer ${id} is the parent of ${children.join(', ')}`);
+      // G5: when Get of `<m>-init` fails, the daemon abandons that layer without removing it. Such
+      // orphans (unmounted `-init` layers with no container layer on top) go with their parent.
+      const isOrphanInit = (r: LayerRecord) => r.id.endsWith('-init') && !this.mounted.has(r.id) && !store.all().some((c) => c.parent === r.id);
+      const children = store.all().filter((r) => r.parent === id);
+      const live = children.filter((r) => !isOrphanInit(r));
+      if (live.length) throw new DriverError('DRIVER_LAYER_BUSY', `layer ${id} is the parent of ${live.map((r) => r.id).join(', ')}`);
+      for (const orphan of children) {
+        await store.remove(orphan.id);
+        this.log('info', `removed abandoned layer ${orphan.id} with its parent ${id}`);
+      }
       if (this.mounted.has(id)) { await unmount(layout.mergedDir(id)); this.mounted.delete(id); }
       await this.releaseLeases(id);
       this.refs.delete(id);

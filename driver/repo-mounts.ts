@@ -3,8 +3,9 @@
  * needs it, unmounted when the last one is Put (R2). A failed mount is not counted (R3). Whiteouts
  * are presented in overlay form (R12), symlink targets verbatim (R13), owners as stored (R14).
  * Configuration is uniform per repository (R11): server URLs (a default pattern with @fqrn@, or
- * per repository), proxies, and master public keys from `<keysDir>/<fqrn>.pub`, else every
- * `*.pub` there.
+ * per repository), proxies, and master public keys from `<keysDir>/<fqrn>.pub`, else a domain key
+ * `<keysDir>/<domain>.pub` for a parent domain (as `/etc/cvmfs/keys/cern.ch.pub` serves *.cern.ch).
+ * A repository with neither is not configured.
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -41,13 +42,16 @@ export class RepoMounts {
 
   private async publicKeys(fqrn: string): Promise<{ name: string; pem: string }[]> {
     const dir = this.config.keysDir;
-    const own = path.join(dir, `${fqrn}.pub`);
-    const names = await fs.readdir(dir).catch(() => [] as string[]);
-    const files = names.includes(`${fqrn}.pub`) ? [own] : names.filter((n) => n.endsWith('.pub')).map((n) => path.join(dir, n));
-    if (files.length === 0) {
-      throw new DriverError('DRIVER_REPOSITORY_UNCONFIGURED', `repository ${fqrn} is not configured: no public key ${own} (nor any *.pub in ${dir})`);
+    const names = new Set(await fs.readdir(dir).catch(() => [] as string[]));
+    const labels = fqrn.split('.');
+    const candidates = labels.slice(0, -1).map((_, i) => `${labels.slice(i).join('.')}.pub`);
+    const found = candidates.find((c) => names.has(c));
+    if (!found) {
+      throw new DriverError('DRIVER_REPOSITORY_UNCONFIGURED',
+        `repository ${fqrn} is not configured: no public key ${candidates.map((c) => path.join(dir, c)).join(' or ')}`);
     }
-    return Promise.all(files.map(async (f) => ({ name: f, pem: await fs.readFile(f, 'utf8') })));
+    const f = path.join(dir, found);
+    return [{ name: f, pem: await fs.readFile(f, 'utf8') }];
   }
 
   private async mount(fqrn: string): Promise<Entry> {

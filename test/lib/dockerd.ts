@@ -37,7 +37,7 @@ async function waitFor(check: () => Promise<boolean>, ms: number, what: string):
   throw new Error(`timed out waiting for ${what}`);
 }
 
-export async function startDaemon(): Promise<Daemon> {
+export async function startDaemon(o: { pluginEnv?: Record<string, string> } = {}): Promise<Daemon> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'e2e-dockerd-'));
   const driverName = `cvmfsgd-test-${randomBytes(4).toString('hex')}`;
   const socket = `/run/docker/plugins/${driverName}.sock`;
@@ -47,7 +47,8 @@ export async function startDaemon(): Promise<Daemon> {
   const pluginLogFile = path.join(dir, 'plugin.log');
   const startPlugin = async () => {
     const out = fs.openSync(pluginLogFile, 'a');
-    plugin = spawn(process.execPath, [main, '--socket', socket, '--state-dir', path.join(dir, 'state'), '--log-level', 'debug'], { stdio: ['ignore', out, out] });
+    plugin = spawn(process.execPath, [main, '--socket', socket, '--state-dir', path.join(dir, 'state'), '--log-level', 'debug'],
+      { stdio: ['ignore', out, out], env: { ...process.env, ...o.pluginEnv } });
     await waitFor(async () => fs.existsSync(socket), 10_000, 'the plugin socket');
   };
   await startPlugin();
