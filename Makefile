@@ -7,7 +7,7 @@ SHELL := /bin/bash
 # docker.io (20.10, dockerd) and busybox-static for the end-to-end tests.
 APT_PACKAGES := g++ make python3 tar gzip openssl coreutils libfuse2 fuse attr docker.io busybox-static
 
-.PHONY: deps apt build test demo bench clean
+.PHONY: deps apt build test demo bench clean plugin
 
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -39,3 +39,9 @@ bench: build
 
 clean:
 	rm -rf dist .tap
+
+# The managed plugin: build/plugin/{config.json,rootfs}, then `docker plugin create $(PLUGIN_NAME)`
+# against the daemon of DOCKER_HOST (NO_CREATE=1 builds only).
+PLUGIN_NAME ?= cvmfs
+plugin: build
+	PLUGIN_NAME=$(PLUGIN_NAME) bash scripts/build-plugin.sh
