@@ -58,9 +58,16 @@ export async function applyDiff(diffDir: string, input: Readable): Promise<numbe
   };
 
   const extract = tar.extract();
-  const done = pipeline(input, extract as unknown as NodeJS.WritableStream).catch((err: Error) => {
-    throw err instanceof DriverError ? err : new DriverError('DRIVER_TAR_CORRUPT', `layer tar is truncated or corrupt: ${err.message}`, { cause: err });
+  // pipe, not pipeline: on a bad entry the request must survive, so the plugin can drain it and
+  // answer with the error instead of dropping the daemon's connection.
+  input.pipe(extract as unknown as NodeJS.WritableStream);
+  const done = new Promise<void>((resolve, reject) => {
+    extract.on('finish', () => resolve());
+    extract.on('error', (err: Error) => reject(err instanceof DriverError ? err
+      : new DriverError('DRIVER_TAR_CORRUPT', `layer tar is truncated or corrupt: ${err.message}`, { cause: err })));
+    input.on('error', (err: Error) => reject(new DriverError('DRIVER_TAR_CORRUPT', `layer upload failed: ${err.message}`, { cause: err })));
   });
+  done.catch(() => {});
   try {
     for await (const entry of extract) {
       const h = entry.header;
@@ -136,8 +143,8 @@ export async function applyDiff(diffDir: string, input: Readable): Promise<numbe
       entry.resume();
     }
   } catch (err) {
+    input.unpipe(extract as unknown as NodeJS.WritableStream);
     extract.destroy();
-    await done.catch(() => {});
     if (err instanceof DriverError) throw err;
     throw new DriverError('DRIVER_IO_FAILED', `applying the layer failed: ${(err as Error).message}`, { cause: err });
   }

@@ -70,8 +70,9 @@ export function createPluginApp(o: PluginOptions): express.Express {
       log('error', `GraphDriver.ApplyDiff ${id}: ${errorText(err)}`);
       // Drain the rest of the upload before answering: the daemon must not see a dropped request.
       req.resume();
-      const answer = () => res.status(500).json({ Err: errorText(err) });
-      if (req.readableEnded) answer(); else req.once('end', answer).once('error', answer);
+      let answered = false;
+      const answer = () => { if (!answered && !res.headersSent) { answered = true; res.status(500).json({ Err: errorText(err) }); } };
+      if (req.readableEnded) answer(); else req.once('end', answer).once('close', answer).once('error', answer);
     });
   });
 

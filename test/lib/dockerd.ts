@@ -37,9 +37,9 @@ async function waitFor(check: () => Promise<boolean>, ms: number, what: string):
   throw new Error(`timed out waiting for ${what}`);
 }
 
-export async function startDaemon(o: { pluginEnv?: Record<string, string> } = {}): Promise<Daemon> {
+export async function startDaemon(o: { pluginEnv?: Record<string, string>; builtinDriver?: string } = {}): Promise<Daemon> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'e2e-dockerd-'));
-  const driverName = `cvmfsgd-test-${randomBytes(4).toString('hex')}`;
+  const driverName = o.builtinDriver ?? `cvmfsgd-test-${randomBytes(4).toString('hex')}`;
   const socket = `/run/docker/plugins/${driverName}.sock`;
   fs.mkdirSync('/run/docker/plugins', { recursive: true });
   const main = path.resolve('dist/plugin/main.js');
@@ -51,10 +51,10 @@ export async function startDaemon(o: { pluginEnv?: Record<string, string> } = {}
       { stdio: ['ignore', out, out], env: { ...process.env, ...o.pluginEnv } });
     await waitFor(async () => fs.existsSync(socket), 10_000, 'the plugin socket');
   };
-  await startPlugin();
+  if (!o.builtinDriver) await startPlugin();
   const sock = path.join(dir, 'docker.sock');
   const logFd = fs.openSync(path.join(dir, 'dockerd.log'), 'a');
-  const daemon = spawn(DOCKERD, ['--experimental', '-s', driverName, '--data-root', path.join(dir, 'root'), '--exec-root', path.join(dir, 'exec'),
+  const daemon = spawn(DOCKERD, [...(o.builtinDriver ? [] : ['--experimental']), '-s', driverName, '--data-root', path.join(dir, 'root'), '--exec-root', path.join(dir, 'exec'),
     '-H', `unix://${sock}`, '--pidfile', path.join(dir, 'docker.pid'), '--iptables=false', '--ip6tables=false', '--bridge=none'],
   { stdio: ['ignore', logFd, logFd] });
   const env = { ...process.env, DOCKER_HOST: `unix://${sock}` };
@@ -75,7 +75,7 @@ export async function startDaemon(o: { pluginEnv?: Record<string, string> } = {}
   });
   return {
     dir, driverName, home: path.join(dir, 'root', driverName), docker,
-    pluginLog: () => fs.readFileSync(pluginLogFile, 'utf8'),
+    pluginLog: () => (fs.existsSync(pluginLogFile) ? fs.readFileSync(pluginLogFile, 'utf8') : ''),
     restartPlugin: async () => {
       plugin.kill('SIGKILL');
       await new Promise((r) => plugin.once('exit', r));
@@ -85,8 +85,10 @@ export async function startDaemon(o: { pluginEnv?: Record<string, string> } = {}
       const pid = Number(fs.readFileSync(path.join(dir, 'docker.pid'), 'utf8').trim() || daemon.pid);
       try { process.kill(pid, 'SIGTERM'); } catch { /* gone */ }
       await new Promise((r) => { if (daemon.exitCode !== null) r(null); else { daemon.once('exit', r); setTimeout(r, 20_000); } });
-      plugin.kill('SIGTERM');
-      await new Promise((r) => { if (plugin.exitCode !== null) r(null); else { plugin.once('exit', r); setTimeout(r, 5_000); } });
+      if (!o.builtinDriver) {
+        plugin.kill('SIGTERM');
+        await new Promise((r) => { if (plugin.exitCode !== null) r(null); else { plugin.once('exit', r); setTimeout(r, 5_000); } });
+      }
       const mounts = fs.readFileSync('/proc/self/mounts', 'utf8').split('\n').map((l) => l.split(' ')[1] ?? '').filter((m) => m.startsWith(dir));
       for (const m of mounts.reverse()) await run('umount', ['-l', m]).catch(() => {});
       fs.rmSync(socket, { force: true });
