@@ -94,15 +94,23 @@ const KIND_OF: Readonly<Record<CvmfsErrorCode, ErrorKind>> = {
   CVMFS_CLOSED: 'unavailable',
 };
 
-export class CvmfsError extends Error {
-  override readonly name = 'CvmfsError';
-  readonly code: CvmfsErrorCode;
+/** Base of every folder's error class: a stable code, its kind, and a message led by the code. */
+export abstract class CodedError<C extends string> extends Error {
+  readonly code: C;
   readonly kind: ErrorKind;
 
-  constructor(code: CvmfsErrorCode, message: string, options?: { cause?: unknown }) {
+  protected constructor(code: C, kind: ErrorKind, message: string, options?: { cause?: unknown }) {
     super(`${code}: ${message}`, options);
     this.code = code;
-    this.kind = KIND_OF[code];
+    this.kind = kind;
+  }
+}
+
+export class CvmfsError extends CodedError<CvmfsErrorCode> {
+  override readonly name = 'CvmfsError';
+
+  constructor(code: CvmfsErrorCode, message: string, options?: { cause?: unknown }) {
+    super(code, KIND_OF[code], message, options);
   }
 }
 

@@ -1,5 +1,5 @@
 /** Driver errors (docs/style.md §3): codes with one kind each; the plugin edge prefixes the code. */
-import type { ErrorKind } from '../cvmfs/errors.js';
+import { CodedError, type ErrorKind } from '../cvmfs/errors.js';
 
 export type DriverErrorCode =
   | 'DRIVER_NOT_INITIALIZED'
@@ -36,13 +36,9 @@ const KIND_OF: Readonly<Record<DriverErrorCode, ErrorKind>> = {
   DRIVER_IO_FAILED: 'unavailable',
 };
 
-export class DriverError extends Error {
+export class DriverError extends CodedError<DriverErrorCode> {
   override readonly name = 'DriverError';
-  readonly code: DriverErrorCode;
-  readonly kind: ErrorKind;
   constructor(code: DriverErrorCode, message: string, options?: { cause?: unknown }) {
-    super(`${code}: ${message}`, options);
-    this.code = code;
-    this.kind = KIND_OF[code];
+    super(code, KIND_OF[code], message, options);
   }
 }
