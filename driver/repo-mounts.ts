@@ -1,6 +1,7 @@
 /**
  * One FUSE mount per repository, shared and reference-counted: mounted for the first layer that
- * needs it, unmounted when the last one is Put (R2). A failed mount is not counted (R3). Whiteouts
+ * needs it, unmounted when the last one is Put (R2) and an idle delay has passed, so the Get/Put
+ * churn of `docker run` does not remount it. A failed mount is not counted (R3). Whiteouts
  * are presented in overlay form (R12), symlink targets verbatim (R13), owners as stored (R14).
  * Configuration is uniform per repository (R11): server URLs (a default pattern with @fqrn@, or
  * per repository), proxies, and master public keys from `<keysDir>/<fqrn>.pub`, else a domain key
@@ -13,6 +14,7 @@ import { mountRepository, type Mount } from '../cvmfs/fuse/index.js';
 import { openRepository, type Repository } from '../cvmfs/reader/index.js';
 import type { Logger } from './driver.js';
 import { DriverError } from './errors.js';
+import { mountpoints, unmount } from './mounter.js';
 
 export interface RepositoryConfig {
   readonly servers: readonly string[];
@@ -22,6 +24,8 @@ export interface RepositoryConfig {
   readonly cacheDir: string;
   readonly quotaBytes?: number;
   readonly timeoutMs?: number;
+  /** How long a repository stays mounted after its last user is Put; 0 unmounts at once. */
+  readonly idleUnmountMs?: number;
 }
 
 export interface RepoLease {
@@ -32,13 +36,20 @@ export interface RepoLease {
   release(): Promise<void>;
 }
 
-interface Entry { count: number; repo: Repository; mount: Mount; root: string }
+interface Entry { repo: Repository; mount: Mount; root: string }
 
 export class RepoMounts {
-  private readonly entries = new Map<string, Promise<Entry>>();
-  private readonly counts = new Map<string, number>();
+  /** Mounted or being mounted. */
+  private readonly live = new Map<string, Promise<Entry>>();
+  private readonly users = new Map<string, number>();
+  private readonly idle = new Map<string, NodeJS.Timeout>();
+  /** Unmounts in progress. */
+  private readonly closing = new Map<string, Promise<void>>();
+  private readonly idleMs: number;
 
-  constructor(private readonly config: RepositoryConfig, private readonly mountRoot: string, private readonly log: Logger) {}
+  constructor(private readonly config: RepositoryConfig, private readonly mountRoot: string, private readonly log: Logger) {
+    this.idleMs = config.idleUnmountMs ?? 0;
+  }
 
   private async publicKeys(fqrn: string): Promise<{ name: string; pem: string }[]> {
     const dir = this.config.keysDir;
@@ -75,7 +86,7 @@ export class RepoMounts {
     try {
       const mount = await mountRepository(repo, { mountpoint: root, overlayWhiteouts: true, allowOther: true, log: (l) => this.log('warn', l) });
       this.log('info', `mounted ${fqrn} revision ${repo.revision} at ${root}`);
-      return { count: 0, repo, mount, root };
+      return { repo, mount, root };
     } catch (err) {
       await repo.close();
       throw new DriverError('DRIVER_REPOSITORY_UNAVAILABLE', `cannot mount repository ${fqrn} at ${root}: ${(err as Error).message}`, { cause: err });
@@ -83,40 +94,88 @@ export class RepoMounts {
   }
 
   async acquire(fqrn: string): Promise<RepoLease> {
-    let p = this.entries.get(fqrn);
+    this.cancelIdle(fqrn);
+    let p = this.live.get(fqrn);
     if (!p) {
-      p = this.mount(fqrn);
-      this.entries.set(fqrn, p);
-      p.catch(() => { if (this.entries.get(fqrn) === p) this.entries.delete(fqrn); });
+      // A mount point being unmounted is mounted again only once it is free.
+      const free = this.closing.get(fqrn) ?? Promise.resolve();
+      const mounting = free.then(() => this.mount(fqrn));
+      p = mounting;
+      this.live.set(fqrn, mounting);
+      mounting.catch(() => { if (this.live.get(fqrn) === mounting) this.live.delete(fqrn); });
     }
-    const e = await p;
-    this.counts.set(fqrn, (this.counts.get(fqrn) ?? 0) + 1);
+    this.users.set(fqrn, (this.users.get(fqrn) ?? 0) + 1);
+    let e: Entry;
+    try {
+      e = await p;
+    } catch (err) {
+      this.dropUser(fqrn);
+      throw err;
+    }
     let released = false;
     return {
       fqrn, root: e.root, repo: e.repo,
       release: async () => {
         if (released) return;
         released = true;
-        const n = (this.counts.get(fqrn) ?? 1) - 1;
-        if (n > 0) { this.counts.set(fqrn, n); return; }
-        this.counts.delete(fqrn);
-        this.entries.delete(fqrn);
-        await e.mount.unmount().catch((err: Error) => this.log('warn', `unmounting ${fqrn}: ${err.message}`));
-        await e.repo.close();
-        this.log('info', `unmounted ${fqrn}`);
+        if (this.dropUser(fqrn) > 0) return;
+        if (this.idleMs <= 0) { await this.unmountIdle(fqrn); return; }
+        const timer = setTimeout(() => { this.idle.delete(fqrn); void this.unmountIdle(fqrn); }, this.idleMs);
+        timer.unref();
+        this.idle.set(fqrn, timer);
       },
     };
   }
 
+  private dropUser(fqrn: string): number {
+    const n = (this.users.get(fqrn) ?? 1) - 1;
+    if (n > 0) this.users.set(fqrn, n); else this.users.delete(fqrn);
+    return n;
+  }
+
+  private cancelIdle(fqrn: string): void {
+    const timer = this.idle.get(fqrn);
+    if (timer) { clearTimeout(timer); this.idle.delete(fqrn); }
+  }
+
+  /** Unmounts a repository nobody uses (any more); a no-op if a user came back meanwhile. */
+  private async unmountIdle(fqrn: string): Promise<void> {
+    if ((this.users.get(fqrn) ?? 0) > 0) return;
+    const p = this.live.get(fqrn);
+    if (!p) return;
+    this.live.delete(fqrn);
+    const closing = (async () => {
+      const e = await p.catch(() => undefined);
+      if (!e) return;
+      await e.mount.unmount().catch((err: Error) => this.log('warn', `unmounting ${fqrn}: ${err.message}`));
+      await e.repo.close();
+      this.log('info', `unmounted ${fqrn}`);
+    })();
+    this.closing.set(fqrn, closing);
+    try { await closing; } finally { if (this.closing.get(fqrn) === closing) this.closing.delete(fqrn); }
+  }
+
+  /**
+   * Unmounts what a previous plugin process left mounted under the mount root: its FUSE servers
+   * died with it (G4), so those mounts only answer ENOTCONN.
+   */
+  async sweepStale(): Promise<string[]> {
+    const prefix = this.mountRoot + path.sep;
+    const stale = [...await mountpoints()].filter((m) => m.startsWith(prefix)).sort().reverse();
+    for (const m of stale) await unmount(m).catch((err: Error) => this.log('warn', `removing stale mount ${m}: ${err.message}`));
+    return stale;
+  }
+
   /** Repositories mounted now, with their users. */
-  active(): [string, number][] { return [...this.counts]; }
+  active(): [string, number][] { return [...this.users]; }
+
+  /** Mounted repositories, used or idle. */
+  mounted(): string[] { return [...this.live.keys()]; }
 
   async releaseAll(): Promise<void> {
-    for (const [fqrn, p] of [...this.entries]) {
-      this.entries.delete(fqrn);
-      this.counts.delete(fqrn);
-      const e = await p.catch(() => undefined);
-      if (e) { await e.mount.unmount().catch(() => {}); await e.repo.close(); }
-    }
+    for (const fqrn of [...this.idle.keys()]) this.cancelIdle(fqrn);
+    this.users.clear();
+    await Promise.all([...this.live.keys()].map((fqrn) => this.unmountIdle(fqrn)));
+    await Promise.all([...this.closing.values()]);
   }
 }

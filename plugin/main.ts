@@ -31,7 +31,8 @@ async function main(): Promise<void> {
       ...(env.CVMFSGD_HTTP_PROXY ? { proxy: env.CVMFSGD_HTTP_PROXY } : {}),
       keysDir: env.CVMFSGD_KEYS_DIR ?? path.join(configDir, 'keys'),
       cacheDir: env.CVMFSGD_CACHE_DIR ?? path.join(stateDir, 'cache'),
-      quotaBytes: Number(env.CVMFSGD_CACHE_QUOTA_MB ?? '4000') * 1024 * 1024,
+      quotaBytes: nonNegative('CVMFSGD_CACHE_QUOTA_MB', env.CVMFSGD_CACHE_QUOTA_MB ?? '4000') * 1024 * 1024,
+      idleUnmountMs: nonNegative('CVMFSGD_IDLE_UNMOUNT_SECONDS', env.CVMFSGD_IDLE_UNMOUNT_SECONDS ?? '60') * 1000,
     },
     ...(env.CVMFSGD_DEFAULT_REPOSITORY ? { defaultRepository: env.CVMFSGD_DEFAULT_REPOSITORY } : {}),
   });
@@ -51,6 +52,12 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+}
+
+function nonNegative(name: string, value: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n) || n < 0) throw new Error(`${name}=${JSON.stringify(value)}: expected a number >= 0`);
+  return n;
 }
 
 /** Optional per-repository settings: {"<fqrn>": {"servers": ["http://…"], "proxy": "…"}}. */
