@@ -1,6 +1,6 @@
 /**
  * Diff, Changes and DiffSize of a layer against its parent, from the layer's own diff directory
- * (the overlay upper dir): a 0/0 character device is a deletion, emitted as `.wh.<name>`; a
+ * (the overlay upper dir); Diff also against an older ancestor (docker build --squash): a 0/0 character device is a deletion, emitted as `.wh.<name>`; a
  * directory with `trusted.overlay.opaque=y` gets a `.wh..wh..opq` entry. Hardlinks within the
  * layer are emitted once as a file and then as links. xattrs are read with one `getfattr -R`.
  */
@@ -62,8 +62,21 @@ function header(rel: string, st: Stats, extra: Partial<tar.Header>, xattrs?: Map
     ...(Object.keys(pax).length ? { pax } : {}) } as tar.Header;
 }
 
-/** The layer tar of a diff directory. */
-export function diffTar(diffDir: string): Readable {
+export interface DiffTarOptions {
+  /** The last layer sits on nothing: deletions and opaque markers have nothing to act on. */
+  readonly base?: boolean;
+}
+
+const lstatOrNone = (p: string) => fs.lstat(p).catch(() => undefined);
+
+/**
+ * The layer tar of one diff directory, or of several (top first) squashed into one: for each
+ * path the top-most layer that has it wins; a deletion, a non-directory or an opaque directory in
+ * one layer hides the layers below it, and a directory that hides the layers below the squashed
+ * range gets an opaque marker.
+ */
+export function diffTar(diffDirs: string | readonly string[], o: DiffTarOptions = {}): Readable {
+  const dirs = typeof diffDirs === 'string' ? [diffDirs] : [...diffDirs];
   const pack = tar.pack();
   const add = (h: tar.Header, body?: Buffer | Readable) => new Promise<void>((resolve, reject) => {
     const cb = (err?: Error | null) => (err ? reject(err) : resolve());
@@ -71,36 +84,56 @@ export function diffTar(diffDir: string): Readable {
     else if (Buffer.isBuffer(body)) pack.entry(h, body, cb);
     else { const s = pack.entry(h, cb); body.on('error', reject); body.pipe(s); }
   });
+  const marker = (name: string, mtime: Date) => add({ name, type: 'file', size: 0, mode: 0, mtime } as tar.Header, Buffer.alloc(0));
   void (async () => {
-    const xattrs = await readXattrs(diffDir);
+    const xattrs = await Promise.all(dirs.map((d) => readXattrs(d)));
+    const opaque = (layer: number, rel: string) => xattrs[layer]!.get(rel)?.get(OVERLAY_OPAQUE_XATTR)?.toString() === 'y';
     const seenInodes = new Map<string, string>();
-    for await (const e of walk(diffDir)) {
-      const { rel, st } = e;
-      const x = xattrs.get(rel);
-      const dir = path.posix.dirname(rel);
-      const base = path.posix.basename(rel);
-      if (isWhiteout(st)) {
-        await add({ name: dir === '.' ? `${WHITEOUT_PREFIX}${base}` : `${dir}/${WHITEOUT_PREFIX}${base}`, type: 'file', size: 0, mode: 0, mtime: st.mtime } as tar.Header, Buffer.alloc(0));
-      } else if (st.isDirectory()) {
-        await add(header(`${rel}/`, st, { type: 'directory' }, x));
-        if (x?.get(OVERLAY_OPAQUE_XATTR)?.toString() === 'y') {
-          await add({ name: `${rel}/${OPAQUE_MARKER}`, type: 'file', size: 0, mode: 0, mtime: st.mtime } as tar.Header, Buffer.alloc(0));
+
+    const visit = async (rel: string, layers: readonly number[]): Promise<void> => {
+      const names = new Set<string>();
+      for (const i of layers) for (const n of await fs.readdir(rel ? path.join(dirs[i]!, rel) : dirs[i]!).catch(() => [] as string[])) names.add(n);
+      for (const name of [...names].sort()) {
+        const r = rel ? `${rel}/${name}` : name;
+        let top = -1;
+        let st: Stats | undefined;
+        for (const i of layers) { st = await lstatOrNone(path.join(dirs[i]!, r)); if (st) { top = i; break; } }
+        if (!st) continue;
+        const abs = path.join(dirs[top]!, r);
+        const x = xattrs[top]!.get(r);
+        if (isWhiteout(st)) {
+          if (!o.base) await marker(rel ? `${rel}/${WHITEOUT_PREFIX}${name}` : `${WHITEOUT_PREFIX}${name}`, st.mtime);
+        } else if (st.isDirectory()) {
+          const below: number[] = [top];
+          let hides = opaque(top, r);
+          for (const j of layers.slice(layers.indexOf(top) + 1)) {
+            if (hides) break;
+            const sj = await lstatOrNone(path.join(dirs[j]!, r));
+            if (!sj) continue;
+            if (!sj.isDirectory()) { hides = true; break; }
+            below.push(j);
+            hides = opaque(j, r);
+          }
+          await add(header(`${r}/`, st, { type: 'directory' }, x));
+          if (hides && !o.base) await marker(`${r}/${OPAQUE_MARKER}`, st.mtime);
+          await visit(r, below);
+        } else if (st.isSymbolicLink()) {
+          await add(header(r, st, { type: 'symlink', linkname: await fs.readlink(abs) }, x));
+        } else if (st.isFile()) {
+          const key = `${st.dev}:${st.ino}`;
+          const first = st.nlink > 1 ? seenInodes.get(key) : undefined;
+          if (first !== undefined) { await add(header(r, st, { type: 'link', linkname: first }, x)); continue; }
+          if (st.nlink > 1) seenInodes.set(key, r);
+          await add(header(r, st, { type: 'file', size: st.size }, x), createReadStream(abs));
+        } else if (st.isCharacterDevice() || st.isBlockDevice()) {
+          await add(header(r, st, { type: st.isCharacterDevice() ? 'character-device' : 'block-device',
+            devmajor: Math.floor(st.rdev / 256) & 0xfff, devminor: (st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00) }, x));
+        } else if (st.isFIFO()) {
+          await add(header(r, st, { type: 'fifo' }, x));
         }
-      } else if (st.isSymbolicLink()) {
-        await add(header(rel, st, { type: 'symlink', linkname: await fs.readlink(e.abs) }, x));
-      } else if (st.isFile()) {
-        const key = `${st.dev}:${st.ino}`;
-        const first = st.nlink > 1 ? seenInodes.get(key) : undefined;
-        if (first !== undefined) { await add(header(rel, st, { type: 'link', linkname: first }, x)); continue; }
-        if (st.nlink > 1) seenInodes.set(key, rel);
-        await add(header(rel, st, { type: 'file', size: st.size }, x), createReadStream(e.abs));
-      } else if (st.isCharacterDevice() || st.isBlockDevice()) {
-        await add(header(rel, st, { type: st.isCharacterDevice() ? 'character-device' : 'block-device',
-          devmajor: Math.floor(st.rdev / 256) & 0xfff, devminor: (st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00) }, x));
-      } else if (st.isFIFO()) {
-        await add(header(rel, st, { type: 'fifo' }, x));
       }
-    }
+    };
+    await visit('', dirs.map((_, i) => i));
     pack.finalize();
   })().catch((err: Error) => pack.destroy(err));
   return pack as unknown as Readable;

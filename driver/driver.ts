@@ -20,7 +20,13 @@ import { parseThin, THIN_FILES, type ThinFile } from './thin.js';
 import { createHash } from 'node:crypto';
 import type { LayerRecord } from './layer-store.js';
 
-export interface InitRequest { readonly home: string; readonly opts: readonly string[] }
+export interface IdMap { readonly containerId: number; readonly hostId: number; readonly size: number }
+export interface InitRequest {
+  readonly home: string;
+  readonly opts: readonly string[];
+  readonly uidMaps?: readonly IdMap[];
+  readonly gidMaps?: readonly IdMap[];
+}
 export type Logger = (level: 'debug' | 'info' | 'warn' | 'error', msg: string) => void;
 
 class KeyedLock {
@@ -66,6 +72,11 @@ export class GraphDriver {
 
   /** Init from the daemon; persisted so that a restarted plugin can resume (G2). */
   async init(req: InitRequest, stateDir?: string): Promise<void> {
+    const shifted = [...req.uidMaps ?? [], ...req.gidMaps ?? []].filter((m) => m.containerId !== m.hostId);
+    if (shifted.length) {
+      throw new DriverError('DRIVER_UNSUPPORTED', `user namespace remapping is not supported (UIDMaps/GIDMaps map container id ${shifted[0]!.containerId} `
+        + `to host id ${shifted[0]!.hostId}): layers would be stored with the wrong owners. Start dockerd without --userns-remap`);
+    }
     await this.open(req.home);
     if (stateDir) {
       await fs.mkdir(stateDir, { recursive: true });
@@ -98,7 +109,11 @@ export class GraphDriver {
     if (swept.length) this.log('info', `removed ${swept.length} leftover layer directories`);
     this.layout = layout;
     this.store = store;
-    if (this.o.repositories) this.repos = new RepoMounts(this.o.repositories, path.join(home, 'cvmfs'), this.log);
+    if (this.o.repositories) {
+      this.repos = new RepoMounts(this.o.repositories, path.join(home, 'cvmfs'), this.log);
+      const stale = await this.repos.sweepStale();
+      if (stale.length) this.log('info', `unmounted ${stale.length} repository mounts left by a previous plugin process`);
+    }
   }
 
   async create(id: string, parent: string, readWrite: boolean): Promise<void> {
@@ -226,7 +241,8 @@ export class GraphDriver {
 
   status(): [string, string][] {
     const { store, layout } = this.need();
-    const repos = this.repos?.active().map(([f, n]) => `${f} (${n})`).join(', ') || 'none';
+    const users = new Map(this.repos?.active());
+    const repos = this.repos?.mounted().map((f) => `${f} (${users.get(f) ?? 'idle'})`).join(', ') || 'none';
     return [['Home', layout.home], ['Backing Filesystem', 'overlay'], ['Layers', String(store.all().length)],
       ['Thin layers', String(store.all().filter((r) => r.thin).length)], ['Mounted', String(this.mounted.size)], ['Repositories mounted', repos]];
   }
@@ -268,17 +284,28 @@ export class GraphDriver {
     });
   }
 
-  /** Only against the layer's own parent: other ancestors (docker build --squash) are refused. */
+  /** Only against the layer's own parent: other ancestors are refused. */
   private checkDiffParent(id: string, parent: string): void {
     const rec = this.need().store.must(id);
     if (parent !== rec.parent) {
-      throw new DriverError('DRIVER_UNSUPPORTED', `Diff of ${id} against "${parent || '(empty)'}" is not supported, only against its parent ${rec.parent || '(none)'}`);
+      throw new DriverError('DRIVER_UNSUPPORTED', `Changes or size of ${id} against "${parent || '(empty)'}" is not supported, only against its parent ${rec.parent || '(none)'}`);
     }
   }
 
+  /** Against the parent, or against an older ancestor or nothing: the layers between squashed (docker build --squash). */
   diff(id: string, parent: string): Readable {
-    this.checkDiffParent(id, parent);
-    return diffTar(this.need().layout.diffDir(id));
+    const { store, layout } = this.need();
+    const chain = store.chain(id);
+    const stop = parent ? chain.findIndex((r) => r.id === parent) : chain.length;
+    if (stop < 1) throw new DriverError('DRIVER_BAD_REQUEST', `Diff of ${id} against ${parent}: ${parent} is not an ancestor of ${id}`);
+    const range = chain.slice(0, stop);
+    const thin = range.length > 1 ? range.find((r) => r.thin) : undefined;
+    if (thin) {
+      throw new DriverError('DRIVER_UNSUPPORTED', `Diff of ${id} against "${parent || '(empty)'}" would squash the thin layer ${thin.id}, whose files stay in CernVM-FS: `
+        + 'squash only the layers above a thin image');
+    }
+    // A single layer is emitted as it is stored, as overlay2 does; only a squash to nothing drops deletions.
+    return diffTar(range.map((r) => layout.diffDir(r.id)), { base: range.length > 1 && stop === chain.length });
   }
 
   async changes(id: string, parent: string): Promise<Change[]> {

@@ -1,4 +1,4 @@
-export { GraphDriver, type DriverOptions, type InitRequest, type Logger } from './driver.js';
+export { GraphDriver, type DriverOptions, type IdMap, type InitRequest, type Logger } from './driver.js';
 export type { RepositoryConfig } from './repo-mounts.js';
 export { parseThin, type ThinDescriptor, type ThinLayer } from './thin.js';
 export { DriverError, type DriverErrorCode } from './errors.js';

@@ -8,7 +8,7 @@
 import http from 'node:http';
 import fs from 'node:fs/promises';
 import express, { type Request, type Response } from 'express';
-import type { GraphDriver, Logger } from '../driver/index.js';
+import { DriverError, type GraphDriver, type IdMap, type Logger } from '../driver/index.js';
 
 const JSON_LIMIT = '1mb';
 
@@ -24,6 +24,20 @@ function layerRequest(body: unknown): LayerRequest { return { id: field(body, 'I
 function stringList(body: unknown, key: string): string[] {
   const v = body !== null && typeof body === 'object' ? (body as Record<string, unknown>)[key] : undefined;
   return Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
+}
+
+/** `UIDMaps`/`GIDMaps`: null, or entries with the keys container_id, host_id, size. */
+function idMaps(body: unknown, key: string): IdMap[] {
+  const v = body !== null && typeof body === 'object' ? (body as Record<string, unknown>)[key] : undefined;
+  if (v === null || v === undefined) return [];
+  const bad = () => new DriverError('DRIVER_BAD_REQUEST', `${key} must be null or a list of {"container_id","host_id","size"} numbers`);
+  if (!Array.isArray(v)) throw bad();
+  return v.map((e: unknown) => {
+    const r = (e ?? {}) as Record<string, unknown>;
+    const [c, h, n] = [r.container_id, r.host_id, r.size];
+    if (typeof c !== 'number' || typeof h !== 'number' || typeof n !== 'number') throw bad();
+    return { containerId: c, hostId: h, size: n };
+  });
 }
 
 function errorText(err: unknown): string {
@@ -49,7 +63,7 @@ export function createPluginApp(o: PluginOptions): express.Express {
   };
 
   handle('Plugin.Activate', () => ({ Implements: ['GraphDriver'] }));
-  handle('GraphDriver.Init', (b) => driver.init({ home: field(b, 'Home'), opts: stringList(b, 'Opts') }, o.stateDir).then(() => ({})));
+  handle('GraphDriver.Init', (b) => driver.init({ home: field(b, 'Home'), opts: stringList(b, 'Opts'), uidMaps: idMaps(b, 'UIDMaps'), gidMaps: idMaps(b, 'GIDMaps') }, o.stateDir).then(() => ({})));
   handle('GraphDriver.Capabilities', () => ({ Capabilities: { ReproducesExactDiffs: false } }));
   handle('GraphDriver.Create', (b) => { const r = layerRequest(b); return driver.create(r.id, r.parent, false).then(() => ({})); });
   handle('GraphDriver.CreateReadWrite', (b) => { const r = layerRequest(b); return driver.create(r.id, r.parent, true).then(() => ({})); });
@@ -95,6 +109,7 @@ export function createPluginApp(o: PluginOptions): express.Express {
 
 /** Listens on a unix socket with the timeouts the daemon needs (§4.1, §4.2). */
 export async function listenPlugin(app: express.Express, socketPath: string): Promise<http.Server> {
+  if (Buffer.byteLength(socketPath) > 107) throw new Error(`socket path ${socketPath} is longer than the 107 bytes a unix socket path may have`);
   await fs.rm(socketPath, { force: true });
   const server = http.createServer(app);
   server.keepAliveTimeout = 10 * 60_000;

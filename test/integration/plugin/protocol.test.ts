@@ -1,4 +1,6 @@
+import fs from 'node:fs';
 import http from 'node:http';
+import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
 import { GraphDriver } from '../../../driver/index.js';
@@ -22,13 +24,22 @@ const json = (r: { body: Buffer }) => JSON.parse(r.body.toString()) as Record<st
 t.test('protocol shapes, errors and streams against a real socket', async (t) => {
   if (process.getuid?.() !== 0) { console.error('\n*** PLUGIN PROTOCOL TEST SKIPPED: needs root for mounts ***\n'); t.comment('PLUGIN PROTOCOL TEST SKIPPED: needs root for mounts'); t.pass('skipped: not root'); return; }
   const dir = t.testdir();
-  const socket = path.join(dir, 'p.sock');
+  // Unix socket paths are limited to 107 bytes: t.testdir() paths under a deep checkout exceed it.
+  const sockDir = fs.mkdtempSync(path.join(os.tmpdir(), 'gd-'));
+  t.teardown(() => fs.rmSync(sockDir, { recursive: true, force: true }));
+  const socket = path.join(sockDir, 'p.sock');
   const server = await listenPlugin(createPluginApp({ driver: new GraphDriver(), stateDir: path.join(dir, 'state'), log: () => {} }), socket);
   t.teardown(() => new Promise<void>((r) => { server.close(() => r()); server.closeAllConnections(); }));
   t.same(json(await call(socket, 'Plugin.Activate', '')), { Implements: ['GraphDriver'] });
   let r = await call(socket, 'GraphDriver.Create', '{"ID":"early"}\n');
   t.equal(r.status, 500);
   t.match(json(r).Err, /^DRIVER_NOT_INITIALIZED: /, 'errors are 500 {"Err": "<CODE>: …"}');
+  r = await call(socket, 'GraphDriver.Init', `{"Home":"${path.join(dir, 'home')}","Opts":null,"UIDMaps":[{"container_id":0,"host_id":100000,"size":65536}],"GIDMaps":[{"container_id":0,"host_id":100000,"size":65536}]}\n`);
+  t.equal(r.status, 500);
+  t.match(json(r).Err, /^DRIVER_UNSUPPORTED: user namespace remapping is not supported .*container id 0 to host id 100000.*--userns-remap/, 'userns-remap is refused, not ignored');
+  r = await call(socket, 'GraphDriver.Init', `{"Home":"${path.join(dir, 'home')}","UIDMaps":[{"ContainerID":0}]}\n`);
+  t.match(json(r).Err, /^DRIVER_BAD_REQUEST: UIDMaps must be null or a list/, 'malformed ID maps are named');
+  t.same(json(await call(socket, 'GraphDriver.Create', '{"ID":"early2"}\n')).Err?.toString().slice(0, 22), 'DRIVER_NOT_INITIALIZED', 'a refused Init leaves the driver uninitialised');
   t.same(json(await call(socket, 'GraphDriver.Init', `{"Home":"${path.join(dir, 'home')}","Opts":null,"UIDMaps":null,"GIDMaps":null}\n`)), {});
   t.same(json(await call(socket, 'GraphDriver.Capabilities', '{}\n')), { Capabilities: { ReproducesExactDiffs: false } });
   t.same(json(await call(socket, 'GraphDriver.Create', '{"ID":"base"}\n')), {});
