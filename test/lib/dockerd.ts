@@ -1,7 +1,8 @@
 /**
- * A private dockerd (Debian docker.io 20.10) using our plugin as its graphdriver, for end-to-end
- * tests: own data root, exec root, socket and pidfile under a temp dir; stopped by pid. The plugin
- * runs as a legacy (v1) host process on a unique socket in /run/docker/plugins (G11).
+ * A private dockerd (Debian docker.io 20.10) for end-to-end tests and benchmarks: own data root,
+ * exec root, socket and pidfile under a temp dir; stopped by pid. The graphdriver is our plugin,
+ * either managed (`docker plugin create` + `enable`, then `dockerd -s`, as worker nodes run it) or a
+ * legacy (v1) host process on a unique socket in /run/docker/plugins (G11), or a built-in driver.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -18,48 +19,43 @@ export function dockerUnavailable(): string | null {
   if (process.getuid?.() !== 0) return 'not running as root';
   if (!fs.existsSync(DOCKERD) || !fs.existsSync(DOCKER)) return `${DOCKERD} or ${DOCKER} missing (Debian package docker.io)`;
   if (!fs.existsSync('/bin/busybox')) return '/bin/busybox missing (Debian package busybox-static)';
+  if (!fs.existsSync('/dev/fuse')) return '/dev/fuse missing';
   return null;
 }
+
+export type DockerCall = (args: string[], opts?: { input?: Buffer; allowFail?: boolean }) => Promise<{ code: number; stdout: string; stderr: string }>;
 
 export interface Daemon {
   readonly dir: string;
   readonly driverName: string;
+  /** The driver's Home as the host sees it. */
   readonly home: string;
-  docker(args: string[], opts?: { input?: Buffer; allowFail?: boolean }): Promise<{ code: number; stdout: string; stderr: string }>;
+  readonly docker: DockerCall;
   pluginLog(): string;
+  /** Kills the plugin process and waits until it serves again (no Init is resent: G2). */
   restartPlugin(): Promise<void>;
   stop(): Promise<void>;
 }
 
-async function waitFor(check: () => Promise<boolean>, ms: number, what: string): Promise<void> {
+async function waitFor(check: () => Promise<boolean> | boolean, ms: number, what: string): Promise<void> {
   const end = Date.now() + ms;
   while (Date.now() < end) { if (await check()) return; await new Promise((r) => setTimeout(r, 200)); }
   throw new Error(`timed out waiting for ${what}`);
 }
 
-export async function startDaemon(o: { pluginEnv?: Record<string, string>; builtinDriver?: string } = {}): Promise<Daemon> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'e2e-dockerd-'));
-  const driverName = o.builtinDriver ?? `cvmfsgd-test-${randomBytes(4).toString('hex')}`;
-  const socket = `/run/docker/plugins/${driverName}.sock`;
-  fs.mkdirSync('/run/docker/plugins', { recursive: true });
-  const main = path.resolve('dist/plugin/main.js');
-  let plugin: ChildProcess;
-  const pluginLogFile = path.join(dir, 'plugin.log');
-  const startPlugin = async () => {
-    const out = fs.openSync(pluginLogFile, 'a');
-    plugin = spawn(process.execPath, [main, '--socket', socket, '--state-dir', path.join(dir, 'state'), '--log-level', 'debug'],
-      { stdio: ['ignore', out, out], env: { ...process.env, ...o.pluginEnv } });
-    await waitFor(async () => fs.existsSync(socket), 10_000, 'the plugin socket');
-  };
-  if (!o.builtinDriver) await startPlugin();
-  const sock = path.join(dir, 'docker.sock');
-  const logFd = fs.openSync(path.join(dir, 'dockerd.log'), 'a');
-  const daemon = spawn(DOCKERD, [...(o.builtinDriver ? [] : ['--experimental']), '-s', driverName, '--data-root', path.join(dir, 'root'), '--exec-root', path.join(dir, 'exec'),
-    '-H', `unix://${sock}`, '--pidfile', path.join(dir, 'docker.pid'), '--iptables=false', '--ip6tables=false', '--bridge=none'],
-  { stdio: ['ignore', logFd, logFd] });
-  const env = { ...process.env, DOCKER_HOST: `unix://${sock}` };
-  const docker: Daemon['docker'] = async (args, opts = {}) => {
-    const p = run(DOCKER, args, { env, maxBuffer: 1 << 28 });
+/** One dockerd process at a time on a fixed data root and socket; restartable with other flags. */
+class DockerdProcess {
+  readonly sock: string;
+  readonly env: NodeJS.ProcessEnv;
+  private proc: ChildProcess | undefined;
+
+  constructor(readonly dir: string) {
+    this.sock = path.join(dir, 'docker.sock');
+    this.env = { ...process.env, DOCKER_HOST: `unix://${this.sock}` };
+  }
+
+  readonly docker: DockerCall = async (args, opts = {}) => {
+    const p = run(DOCKER, args, { env: this.env, maxBuffer: 1 << 28 });
     if (opts.input) p.child.stdin!.end(opts.input); else p.child.stdin?.end();
     try {
       const r = await p;
@@ -70,28 +66,134 @@ export async function startDaemon(o: { pluginEnv?: Record<string, string>; built
       return { code: e.code, stdout: e.stdout, stderr: e.stderr };
     }
   };
-  await waitFor(async () => (await docker(['info'], { allowFail: true })).code === 0, 60_000, 'dockerd').catch((err: Error) => {
-    throw new Error(`${err.message}\n${fs.readFileSync(path.join(dir, 'dockerd.log'), 'utf8').slice(-3000)}`);
-  });
+
+  log(): string {
+    const f = path.join(this.dir, 'dockerd.log');
+    return fs.existsSync(f) ? fs.readFileSync(f, 'utf8') : '';
+  }
+
+  async start(args: string[]): Promise<void> {
+    const logFd = fs.openSync(path.join(this.dir, 'dockerd.log'), 'a');
+    this.proc = spawn(DOCKERD, [...args, '--data-root', path.join(this.dir, 'root'), '--exec-root', path.join(this.dir, 'exec'),
+      '-H', `unix://${this.sock}`, '--pidfile', path.join(this.dir, 'docker.pid'), '--iptables=false', '--ip6tables=false', '--bridge=none'],
+    { stdio: ['ignore', logFd, logFd] });
+    fs.closeSync(logFd);
+    const proc = this.proc;
+    await waitFor(async () => {
+      if (proc.exitCode !== null) throw new Error(`dockerd exited with ${proc.exitCode}`);
+      return (await this.docker(['info'], { allowFail: true })).code === 0;
+    }, 60_000, 'dockerd').catch((err: Error) => { throw new Error(`${err.message}\n${this.log().slice(-3000)}`); });
+  }
+
+  async stop(): Promise<void> {
+    const proc = this.proc;
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
+    const pidFile = path.join(this.dir, 'docker.pid');
+    const pid = fs.existsSync(pidFile) ? Number(fs.readFileSync(pidFile, 'utf8').trim()) || proc.pid : proc.pid;
+    try { process.kill(pid!, 'SIGTERM'); } catch { /* gone */ }
+    await new Promise((r) => { proc.once('exit', r); setTimeout(r, 30_000); });
+  }
+
+  /** Unmounts whatever is left under the temp dir (the daemon's self bind mount, plugin mounts). */
+  async unmountAll(): Promise<void> {
+    const mounts = fs.readFileSync('/proc/self/mounts', 'utf8').split('\n').map((l) => l.split(' ')[1] ?? '').filter((m) => m.startsWith(this.dir));
+    for (const m of mounts.reverse()) await run('umount', ['-l', m]).catch(() => {});
+  }
+}
+
+/** dockerd on the legacy plugin (a host process of dist/plugin/main.js), or on a built-in driver. */
+export async function startDaemon(o: { pluginEnv?: Record<string, string>; builtinDriver?: string } = {}): Promise<Daemon> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'e2e-dockerd-'));
+  const driverName = o.builtinDriver ?? `cvmfsgd-test-${randomBytes(4).toString('hex')}`;
+  const socket = `/run/docker/plugins/${driverName}.sock`;
+  fs.mkdirSync('/run/docker/plugins', { recursive: true });
+  const main = path.resolve('dist/plugin/main.js');
+  let plugin: ChildProcess | undefined;
+  const pluginLogFile = path.join(dir, 'plugin.log');
+  const startPlugin = async () => {
+    const out = fs.openSync(pluginLogFile, 'a');
+    plugin = spawn(process.execPath, [main, '--socket', socket, '--state-dir', path.join(dir, 'state'), '--log-level', 'debug'],
+      { stdio: ['ignore', out, out], env: { ...process.env, ...o.pluginEnv } });
+    fs.closeSync(out);
+    await waitFor(() => fs.existsSync(socket), 10_000, 'the plugin socket');
+  };
+  if (!o.builtinDriver) await startPlugin();
+  const d = new DockerdProcess(dir);
+  await d.start([...(o.builtinDriver ? [] : ['--experimental']), '-s', driverName]);
   return {
-    dir, driverName, home: path.join(dir, 'root', driverName), docker,
+    dir, driverName, home: path.join(dir, 'root', driverName), docker: d.docker,
     pluginLog: () => (fs.existsSync(pluginLogFile) ? fs.readFileSync(pluginLogFile, 'utf8') : ''),
     restartPlugin: async () => {
-      plugin.kill('SIGKILL');
-      await new Promise((r) => plugin.once('exit', r));
+      if (!plugin) throw new Error('no plugin process: the daemon runs a built-in driver');
+      const p = plugin;
+      p.kill('SIGKILL');
+      if (p.exitCode === null && p.signalCode === null) await new Promise((r) => p.once('exit', r));
       await startPlugin();
     },
     stop: async () => {
-      const pid = Number(fs.readFileSync(path.join(dir, 'docker.pid'), 'utf8').trim() || daemon.pid);
-      try { process.kill(pid, 'SIGTERM'); } catch { /* gone */ }
-      await new Promise((r) => { if (daemon.exitCode !== null) r(null); else { daemon.once('exit', r); setTimeout(r, 20_000); } });
-      if (!o.builtinDriver) {
-        plugin.kill('SIGTERM');
-        await new Promise((r) => { if (plugin.exitCode !== null) r(null); else { plugin.once('exit', r); setTimeout(r, 5_000); } });
+      await d.stop();
+      const p = plugin;
+      if (p && p.exitCode === null && p.signalCode === null) {
+        p.kill('SIGTERM');
+        await new Promise((r) => { p.once('exit', r); setTimeout(r, 5_000); });
       }
-      const mounts = fs.readFileSync('/proc/self/mounts', 'utf8').split('\n').map((l) => l.split(' ')[1] ?? '').filter((m) => m.startsWith(dir));
-      for (const m of mounts.reverse()) await run('umount', ['-l', m]).catch(() => {});
+      await d.unmountAll();
       fs.rmSync(socket, { force: true });
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface ManagedOptions {
+  /** `docker plugin set` values: plugin env (KEY=VALUE). */
+  readonly pluginEnv?: Record<string, string>;
+  /** Host directory mounted as the plugin's /etc/cvmfs-graphdriver (keys/, repositories.json). */
+  readonly configDir?: string;
+  /** Called with the build output (for its printed rootfs size). */
+  readonly onBuild?: (stdout: string) => void;
+}
+
+/**
+ * dockerd on the managed plugin, installed as a worker node installs it: `make plugin`'s script
+ * against this daemon, `docker plugin set`, `enable`, then dockerd restarted with `-s`.
+ */
+export async function startManagedDaemon(o: ManagedOptions = {}): Promise<Daemon> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'e2e-managed-'));
+  const name = `cvmfsgd-managed-${randomBytes(3).toString('hex')}`;
+  const d = new DockerdProcess(dir);
+  try {
+    await d.start([]);
+    const built = await run('bash', ['scripts/build-plugin.sh'], { env: { ...d.env, PLUGIN_NAME: name }, maxBuffer: 1 << 24 });
+    o.onBuild?.(built.stdout);
+    const settings = [...(o.configDir ? [`config.source=${o.configDir}`] : []), ...Object.entries(o.pluginEnv ?? {}).map(([k, v]) => `${k}=${v}`)];
+    if (settings.length) await d.docker(['plugin', 'set', name, ...settings]);
+    await d.docker(['plugin', 'enable', name]);
+    await d.stop();
+    await d.start(['--experimental', '-s', name]);
+  } catch (err) {
+    await d.stop();
+    await d.unmountAll();
+    fs.rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
+  const id = (await d.docker(['plugin', 'inspect', '-f', '{{.Id}}', name])).stdout.trim();
+  // The plugin runs in a container (cgroup) named by the plugin ID.
+  const pluginPids = () => fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).filter((p) => {
+    try { return fs.readFileSync(`/proc/${p}/cgroup`, 'utf8').includes(id) && fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('plugin/main.js'); } catch { return false; }
+  }).map(Number);
+  return {
+    dir, driverName: name, home: path.join(dir, 'root', 'plugins', id, 'propagated-mount', name), docker: d.docker,
+    pluginLog: () => d.log().split('\n').filter((l) => l.includes(`plugin=${id}`)).join('\n'),
+    restartPlugin: async () => {
+      const before = pluginPids();
+      if (before.length !== 1) throw new Error(`expected one plugin process, found ${before.length}`);
+      process.kill(before[0]!, 'SIGKILL');
+      await waitFor(() => { const now = pluginPids(); return now.length === 1 && now[0] !== before[0]; }, 30_000, 'the daemon to restart the plugin');
+      await waitFor(async () => (await d.docker(['info'], { allowFail: true })).code === 0, 30_000, 'the restarted plugin');
+    },
+    stop: async () => {
+      await d.stop();
+      await d.unmountAll();
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
