@@ -55,6 +55,7 @@ export function createPluginApp(o: PluginOptions): express.Express {
   const handle = (method: string, fn: (body: unknown) => Promise<unknown> | unknown) => {
     app.post(`/${method}`, json, (req: Request, res: Response) => {
       const body: unknown = req.body ?? {};
+      log('debug', `${method} ${JSON.stringify(body)}`);
       Promise.resolve().then(() => fn(body)).then((out) => res.status(200).json(out ?? {}), (err: unknown) => {
         log('error', `${method}: ${errorText(err)}`);
         res.status(500).json({ Err: errorText(err) });
