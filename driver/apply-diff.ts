@@ -3,7 +3,8 @@
  * (docker-graphdriver-protocol.md §6.1): `.wh.<name>` becomes a 0/0 character device `<name>`,
  * `<dir>/.wh..wh..opq` becomes `trusted.overlay.opaque=y` on `<dir>`. Owners, modes, times,
  * xattrs, hardlinks, symlinks, devices and FIFOs are kept. Nothing is written through a symlink:
- * every parent is checked with lstat. The body is always read to EOF.
+ * every parent is checked with lstat. The body is always read to EOF. Owners are shifted into the
+ * host range of the daemon's user namespace map, if it has one.
  *
  * Node has no mknod or setxattr: those go through the `mknod` and `setfattr` binaries (few per
  * layer). Directory times are set last, deepest first, since adding children changes them.
@@ -18,6 +19,7 @@ import { promisify } from 'node:util';
 import tar from 'tar-stream';
 import { installPaxDecoder, paxBytes } from '../cvmfs/writer/tar-pax.js';
 import { DriverError } from './errors.js';
+import { IdMapping } from './id-map.js';
 import { OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, safeComponents, WHITEOUT_PREFIX } from './tar-paths.js';
 
 const run = promisify(execFile);
@@ -35,12 +37,14 @@ async function lexists(p: string): Promise<boolean> {
   return fs.lstat(p).then(() => true, () => false);
 }
 
-export async function applyDiff(diffDir: string, input: Readable): Promise<number> {
+export async function applyDiff(diffDir: string, input: Readable, ids: IdMapping = new IdMapping()): Promise<number> {
   installPaxDecoder();
   const root = path.resolve(diffDir);
   const knownDirs = new Set<string>([root]);
   const dirTimes: { p: string; mtime: Date }[] = [];
   let size = 0;
+  const owner = (h: tar.Header) => ids.toHost(h.uid ?? 0, h.gid ?? 0, `entry "${h.name}"`);
+  const root0 = ids.root();
 
   /** Makes sure every parent of `parts` is a real directory inside the layer. */
   const parentOf = async (parts: readonly string[], name: string): Promise<string> => {
@@ -49,7 +53,10 @@ export async function applyDiff(diffDir: string, input: Readable): Promise<numbe
       cur = path.join(cur, c);
       if (knownDirs.has(cur)) continue;
       const st = await fs.lstat(cur).catch(() => undefined);
-      if (!st) await fs.mkdir(cur, { mode: 0o755 });
+      if (!st) {
+        await fs.mkdir(cur, { mode: 0o755 });
+        if (!ids.identity) await fs.lchown(cur, root0.uid, root0.gid);
+      }
       else if (st.isSymbolicLink()) throw new DriverError('DRIVER_TAR_PATH_ESCAPE', `entry "${name}" would be written through the symlink ${path.relative(root, cur)}`);
       else if (!st.isDirectory()) throw new DriverError('DRIVER_TAR_CORRUPT', `entry "${name}": ${path.relative(root, cur)} is not a directory`);
       knownDirs.add(cur);
@@ -75,7 +82,8 @@ export async function applyDiff(diffDir: string, input: Readable): Promise<numbe
       if (parts.length === 0) {
         if (h.type === 'directory') {
           await fs.chmod(root, (h.mode ?? 0o755) & 0o7777);
-          await fs.lchown(root, h.uid ?? 0, h.gid ?? 0);
+          const o = owner(h);
+          await fs.lchown(root, o.uid, o.gid);
           dirTimes.push({ p: root, mtime: h.mtime ?? new Date() });
         }
         entry.resume();
@@ -92,6 +100,7 @@ export async function applyDiff(diffDir: string, input: Readable): Promise<numbe
         const target = path.join(dir, base.slice(WHITEOUT_PREFIX.length));
         await fs.rm(target, { recursive: true, force: true });
         await mknod(target, 'c', 0, 0);
+        if (!ids.identity) await fs.lchown(target, root0.uid, root0.gid);
         entry.resume();
         continue;
       }
@@ -134,7 +143,8 @@ export async function applyDiff(diffDir: string, input: Readable): Promise<numbe
         default:
           throw new DriverError('DRIVER_TAR_CORRUPT', `entry "${h.name}" has the unsupported tar type "${String(h.type)}"`);
       }
-      await fs.lchown(p, h.uid ?? 0, h.gid ?? 0);
+      const o = owner(h);
+      await fs.lchown(p, o.uid, o.gid);
       if (h.type !== 'directory' && (mode & 0o6000)) await fs.chmod(p, mode); // chown clears setuid/setgid
       for (const [k, v] of Object.entries((h.pax ?? {}) as Record<string, string>)) {
         if (k.startsWith('SCHILY.xattr.')) await setXattr(p, k.slice('SCHILY.xattr.'.length), paxBytes(v));

@@ -11,6 +11,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import tar from 'tar-stream';
+import { IdMapping } from './id-map.js';
 import { OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX } from './tar-paths.js';
 
 const run = promisify(execFile);
@@ -55,16 +56,18 @@ export async function readXattrs(root: string): Promise<Map<string, Map<string, 
   return out;
 }
 
-function header(rel: string, st: Stats, extra: Partial<tar.Header>, xattrs?: Map<string, Buffer>): tar.Header {
+function header(rel: string, st: Stats, extra: Partial<tar.Header>, xattrs: Map<string, Buffer> | undefined, ids: IdMapping): tar.Header {
   const pax: Record<string, string> = {};
   for (const [k, v] of xattrs ?? []) if (!k.startsWith('trusted.overlay.')) pax[`SCHILY.xattr.${k}`] = v.toString('latin1');
-  return { name: rel, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, mtime: st.mtime, ...extra,
+  return { name: rel, mode: st.mode & 0o7777, ...ids.toContainer(st.uid, st.gid), mtime: st.mtime, ...extra,
     ...(Object.keys(pax).length ? { pax } : {}) } as tar.Header;
 }
 
 export interface DiffTarOptions {
   /** The last layer sits on nothing: deletions and opaque markers have nothing to act on. */
   readonly base?: boolean;
+  /** The daemon's user namespace map: stored (host) owners go out as container owners. */
+  readonly ids?: IdMapping;
 }
 
 const lstatOrNone = (p: string) => fs.lstat(p).catch(() => undefined);
@@ -77,6 +80,7 @@ const lstatOrNone = (p: string) => fs.lstat(p).catch(() => undefined);
  */
 export function diffTar(diffDirs: string | readonly string[], o: DiffTarOptions = {}): Readable {
   const dirs = typeof diffDirs === 'string' ? [diffDirs] : [...diffDirs];
+  const ids = o.ids ?? new IdMapping();
   const pack = tar.pack();
   const add = (h: tar.Header, body?: Buffer | Readable) => new Promise<void>((resolve, reject) => {
     const cb = (err?: Error | null) => (err ? reject(err) : resolve());
@@ -114,22 +118,22 @@ export function diffTar(diffDirs: string | readonly string[], o: DiffTarOptions 
             below.push(j);
             hides = opaque(j, r);
           }
-          await add(header(`${r}/`, st, { type: 'directory' }, x));
+          await add(header(`${r}/`, st, { type: 'directory' }, x, ids));
           if (hides && !o.base) await marker(`${r}/${OPAQUE_MARKER}`, st.mtime);
           await visit(r, below);
         } else if (st.isSymbolicLink()) {
-          await add(header(r, st, { type: 'symlink', linkname: await fs.readlink(abs) }, x));
+          await add(header(r, st, { type: 'symlink', linkname: await fs.readlink(abs) }, x, ids));
         } else if (st.isFile()) {
           const key = `${st.dev}:${st.ino}`;
           const first = st.nlink > 1 ? seenInodes.get(key) : undefined;
-          if (first !== undefined) { await add(header(r, st, { type: 'link', linkname: first }, x)); continue; }
+          if (first !== undefined) { await add(header(r, st, { type: 'link', linkname: first }, x, ids)); continue; }
           if (st.nlink > 1) seenInodes.set(key, r);
-          await add(header(r, st, { type: 'file', size: st.size }, x), createReadStream(abs));
+          await add(header(r, st, { type: 'file', size: st.size }, x, ids), createReadStream(abs));
         } else if (st.isCharacterDevice() || st.isBlockDevice()) {
           await add(header(r, st, { type: st.isCharacterDevice() ? 'character-device' : 'block-device',
-            devmajor: Math.floor(st.rdev / 256) & 0xfff, devminor: (st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00) }, x));
+            devmajor: Math.floor(st.rdev / 256) & 0xfff, devminor: (st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00) }, x, ids));
         } else if (st.isFIFO()) {
-          await add(header(r, st, { type: 'fifo' }, x));
+          await add(header(r, st, { type: 'fifo' }, x, ids));
         }
       }
     };

@@ -15,12 +15,12 @@ import { LayerStore } from './layer-store.js';
 import { Layout } from './layout.js';
 import { mount, mountpoints, unmount } from './mounter.js';
 import { overlayMountOf } from './overlay-options.js';
+import { IdMapping, type IdMap } from './id-map.js';
 import { RepoMounts, type RepoLease, type RepositoryConfig } from './repo-mounts.js';
 import { parseThin, THIN_FILES, type ThinFile } from './thin.js';
 import { createHash } from 'node:crypto';
 import type { LayerRecord } from './layer-store.js';
 
-export interface IdMap { readonly containerId: number; readonly hostId: number; readonly size: number }
 export interface InitRequest {
   readonly home: string;
   readonly opts: readonly string[];
@@ -62,6 +62,7 @@ export class GraphDriver {
   private readonly leases = new Map<string, RepoLease[]>();
   private readonly locks = new KeyedLock();
   private readonly log: Logger;
+  private ids = new IdMapping();
 
   constructor(private readonly o: DriverOptions = {}) { this.log = o.log ?? (() => {}); }
 
@@ -72,12 +73,7 @@ export class GraphDriver {
 
   /** Init from the daemon; persisted so that a restarted plugin can resume (G2). */
   async init(req: InitRequest, stateDir?: string): Promise<void> {
-    const shifted = [...req.uidMaps ?? [], ...req.gidMaps ?? []].filter((m) => m.containerId !== m.hostId);
-    if (shifted.length) {
-      throw new DriverError('DRIVER_UNSUPPORTED', `user namespace remapping is not supported (UIDMaps/GIDMaps map container id ${shifted[0]!.containerId} `
-        + `to host id ${shifted[0]!.hostId}): layers would be stored with the wrong owners. Start dockerd without --userns-remap`);
-    }
-    await this.open(req.home);
+    await this.open(req.home, new IdMapping(req.uidMaps, req.gidMaps));
     if (stateDir) {
       await fs.mkdir(stateDir, { recursive: true });
       await fs.writeFile(path.join(stateDir, 'init.json'), JSON.stringify(req));
@@ -90,16 +86,21 @@ export class GraphDriver {
     const text = await fs.readFile(path.join(stateDir, 'init.json'), 'utf8').catch(() => undefined);
     if (!text) return false;
     const req = JSON.parse(text) as InitRequest;
-    await this.open(req.home);
+    await this.open(req.home, new IdMapping(req.uidMaps, req.gidMaps));
     this.log('info', `resumed at ${req.home} after a restart: ${this.store!.all().length} layers, ${this.mounted.size} mounted`);
     return true;
   }
 
-  private async open(home: string): Promise<void> {
+  private async open(home: string, ids: IdMapping): Promise<void> {
     if (!path.isAbsolute(home)) throw new DriverError('DRIVER_BAD_REQUEST', `Home "${home}" is not an absolute path`);
     await fs.mkdir(home, { recursive: true, mode: 0o700 });
+    if (!ids.identity) {
+      // The container's root (a host ID) must reach its rootfs under Home, as overlay2 allows it.
+      await fs.chown(home, 0, ids.root().gid);
+      await fs.chmod(home, 0o710);
+    }
     const layout = new Layout(home);
-    const store = new LayerStore(layout);
+    const store = new LayerStore(layout, ids.root());
     await store.load();
     const mps = await mountpoints();
     this.mounted.clear();
@@ -109,8 +110,9 @@ export class GraphDriver {
     if (swept.length) this.log('info', `removed ${swept.length} leftover layer directories`);
     this.layout = layout;
     this.store = store;
+    this.ids = ids;
     if (this.o.repositories) {
-      this.repos = new RepoMounts(this.o.repositories, path.join(home, 'cvmfs'), this.log);
+      this.repos = new RepoMounts(this.o.repositories, path.join(home, 'cvmfs'), this.log, ids);
       const stale = await this.repos.sweepStale();
       if (stale.length) this.log('info', `unmounted ${stale.length} repository mounts left by a previous plugin process`);
     }
@@ -271,7 +273,7 @@ export class GraphDriver {
     const rec = store.must(id);
     if (parent !== rec.parent) throw new DriverError('DRIVER_BAD_REQUEST', `ApplyDiff parent "${parent}" is not the parent "${rec.parent}" of layer ${id}`);
     return this.locks.run(id, async () => {
-      const size = await applyDiff(layout.diffDir(id), input);
+      const size = await applyDiff(layout.diffDir(id), input, this.ids);
       for (const f of THIN_FILES) {
         const st = await fs.lstat(path.join(layout.diffDir(id), f)).catch(() => undefined);
         if (st?.isFile()) {
@@ -305,7 +307,7 @@ export class GraphDriver {
         + 'squash only the layers above a thin image');
     }
     // A single layer is emitted as it is stored, as overlay2 does; only a squash to nothing drops deletions.
-    return diffTar(range.map((r) => layout.diffDir(r.id)), { base: range.length > 1 && stop === chain.length });
+    return diffTar(range.map((r) => layout.diffDir(r.id)), { base: range.length > 1 && stop === chain.length, ids: this.ids });
   }
 
   async changes(id: string, parent: string): Promise<Change[]> {

@@ -1,4 +1,5 @@
-export { GraphDriver, type DriverOptions, type IdMap, type InitRequest, type Logger } from './driver.js';
+export { GraphDriver, type DriverOptions, type InitRequest, type Logger } from './driver.js';
+export { IdMapping, type IdMap } from './id-map.js';
 export type { RepositoryConfig } from './repo-mounts.js';
 export { parseThin, type ThinDescriptor, type ThinLayer } from './thin.js';
 export { DriverError, type DriverErrorCode } from './errors.js';

@@ -23,7 +23,8 @@ export interface LayerRecord {
 
 export class LayerStore {
   private readonly records = new Map<string, LayerRecord>();
-  constructor(readonly layout: Layout) {}
+  /** `root`: owner of new layer roots, the container's root on the host (user namespaces). */
+  constructor(readonly layout: Layout, private readonly root: { uid: number; gid: number } = { uid: 0, gid: 0 }) {}
 
   async load(): Promise<void> {
     this.records.clear();
@@ -80,6 +81,10 @@ export class LayerStore {
     await fs.mkdir(l.diffDir(id), { recursive: true, mode: 0o755 });
     await fs.mkdir(l.workDir(id), { recursive: true, mode: 0o700 });
     await fs.mkdir(l.mergedDir(id), { recursive: true, mode: 0o700 });
+    if (this.root.uid !== 0 || this.root.gid !== 0) {
+      await fs.chown(l.diffDir(id), this.root.uid, this.root.gid);
+      await fs.chown(l.mergedDir(id), this.root.uid, this.root.gid);
+    }
     await fs.symlink(path.join('..', 'layers', id, 'diff'), l.link(rec.link));
     await this.write(rec);
     return rec;

@@ -2,7 +2,8 @@
  * One FUSE mount per repository, shared and reference-counted: mounted for the first layer that
  * needs it, unmounted when the last one is Put (R2) and an idle delay has passed, so the Get/Put
  * churn of `docker run` does not remount it. A failed mount is not counted (R3). Whiteouts
- * are presented in overlay form (R12), symlink targets verbatim (R13), owners as stored (R14).
+ * are presented in overlay form (R12), symlink targets verbatim (R13), owners as stored (R14), or
+ * shifted into the host range of the daemon's user namespace map.
  * Configuration is uniform per repository (R11): server URLs (a default pattern with @fqrn@, or
  * per repository), proxies, and master public keys from `<keysDir>/<fqrn>.pub`, else a domain key
  * `<keysDir>/<domain>.pub` for a parent domain (as `/etc/cvmfs/keys/cern.ch.pub` serves *.cern.ch).
@@ -14,6 +15,7 @@ import { mountRepository, type Mount } from '../cvmfs/fuse/index.js';
 import { openRepository, type Repository } from '../cvmfs/reader/index.js';
 import type { Logger } from './driver.js';
 import { DriverError } from './errors.js';
+import { IdMapping } from './id-map.js';
 import { mountpoints, unmount } from './mounter.js';
 
 export interface RepositoryConfig {
@@ -47,7 +49,8 @@ export class RepoMounts {
   private readonly closing = new Map<string, Promise<void>>();
   private readonly idleMs: number;
 
-  constructor(private readonly config: RepositoryConfig, private readonly mountRoot: string, private readonly log: Logger) {
+  constructor(private readonly config: RepositoryConfig, private readonly mountRoot: string, private readonly log: Logger,
+    private readonly ids: IdMapping = new IdMapping()) {
     this.idleMs = config.idleUnmountMs ?? 0;
   }
 
@@ -84,7 +87,10 @@ export class RepoMounts {
       throw new DriverError('DRIVER_REPOSITORY_UNAVAILABLE', `cannot open repository ${fqrn}: ${(err as Error).message}`, { cause: err });
     }
     try {
-      const mount = await mountRepository(repo, { mountpoint: root, overlayWhiteouts: true, allowOther: true, log: (l) => this.log('warn', l) });
+      const mount = await mountRepository(repo, {
+        mountpoint: root, overlayWhiteouts: true, allowOther: true, log: (l) => this.log('warn', l),
+        ...(this.ids.identity ? {} : { owner: (uid: number, gid: number) => this.ids.presentOnHost(uid, gid) }),
+      });
       this.log('info', `mounted ${fqrn} revision ${repo.revision} at ${root}`);
       return { repo, mount, root };
     } catch (err) {

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Builds the managed (v2) plugin bundle in build/plugin/{config.json,rootfs} and, unless
-# NO_CREATE=1, runs `docker plugin create $PLUGIN_NAME build/plugin` against $DOCKER_HOST.
+# Builds the managed (v2) plugin bundle in $PLUGIN_OUT (default build/plugin)/{config.json,rootfs} and, unless
+# NO_CREATE=1, runs `docker plugin create $PLUGIN_NAME <that dir>` against $DOCKER_HOST.
 # The rootfs holds only what the plugin runs: node and the libraries it and the native addons link
 # against, busybox (sh, mount, umount, mknod), fusermount, setfattr/getfattr, the built code and the
 # production node_modules.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NAME=${PLUGIN_NAME:-cvmfs}
-out=build/plugin
+out=${PLUGIN_OUT:-build/plugin}
 root=$out/rootfs
 app=$root/opt/cvmfs-graphdriver
 rm -rf "$out"

@@ -22,6 +22,8 @@ export interface MountOptions {
    * as do the `.cvmfscatalog` markers that nested catalogs put in a layer directory.
    */
   readonly overlayWhiteouts?: boolean;
+  /** Owners as presented, e.g. shifted into a user namespace's host range; stored owners by default. */
+  readonly owner?: (uid: number, gid: number) => { uid: number; gid: number };
   readonly log?: (line: string) => void;
 }
 
@@ -114,28 +116,33 @@ export async function mountRepository(repo: Repository, o: MountOptions): Promis
     if (errno === Fuse.EIO) log(`${op} ${path}: ${(err as Error).message}`);
     return errno;
   };
+  const owner = o.owner;
+  const statOf = (d: Dirent): FuseStat => {
+    const st = toStat(d);
+    return owner ? { ...st, ...owner(st.uid, st.gid) } : st;
+  };
   const ttl = o.kernelCacheSeconds ?? 60;
   const wh = o.overlayWhiteouts ?? false;
   const baseName = (p: string) => p.slice(p.lastIndexOf('/') + 1);
   const dirName = (p: string) => p.slice(0, Math.max(0, p.lastIndexOf('/')));
   /** stat with whiteout translation: markers are hidden; a missing name with a marker is a 0/0 device. */
   const statView = async (path: string) => {
-    if (!wh) return toStat(await repo.stat(path));
+    if (!wh) return statOf(await repo.stat(path));
     const base = baseName(path);
     if (base.startsWith(WH) || CATALOG_MARKERS.has(base)) throw new CvmfsError('CVMFS_PATH_NOT_FOUND', `${path} is a marker, hidden in overlay form`);
     try {
-      return toStat(await repo.stat(path));
+      return statOf(await repo.stat(path));
     } catch (err) {
       const marker = await repo.stat(`${dirName(path)}/${WH}${base}`).catch(() => undefined);
       if (!marker) throw err;
-      return { ...toStat(marker), mode: S_IFCHR, rdev: 0, size: 0, nlink: 1 };
+      return { ...statOf(marker), mode: S_IFCHR, rdev: 0, size: 0, nlink: 1 };
     }
   };
   const fuse = new CvmfsFuse(o.mountpoint, {
     getattr: (path, cb) => { statView(path).then((st) => cb(0, st), (e) => cb(fail('getattr', path, e))); },
     readdir: (path, cb) => {
       repo.readdir(path).then((ds) => {
-        if (!wh) { cb(0, ds.map((d) => d.name), ds.map(toStat)); return; }
+        if (!wh) { cb(0, ds.map((d) => d.name), ds.map(statOf)); return; }
         const names: string[] = [];
         const stats: FuseStat[] = [];
         const present = new Set(ds.map((d) => d.name));
@@ -145,11 +152,11 @@ export async function mountRepository(repo: Repository, o: MountOptions): Promis
             const shown = d.name.slice(WH.length);
             if (present.has(shown)) continue;
             names.push(shown);
-            stats.push({ ...toStat(d), mode: S_IFCHR, rdev: 0, size: 0, nlink: 1 });
+            stats.push({ ...statOf(d), mode: S_IFCHR, rdev: 0, size: 0, nlink: 1 });
             continue;
           }
           names.push(d.name);
-          stats.push(toStat(d));
+          stats.push(statOf(d));
         }
         cb(0, names, stats);
       }, (e) => cb(fail('readdir', path, e)));

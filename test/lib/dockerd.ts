@@ -102,7 +102,7 @@ class DockerdProcess {
 }
 
 /** dockerd on the legacy plugin (a host process of dist/plugin/main.js), or on a built-in driver. */
-export async function startDaemon(o: { pluginEnv?: Record<string, string>; builtinDriver?: string } = {}): Promise<Daemon> {
+export async function startDaemon(o: { pluginEnv?: Record<string, string>; builtinDriver?: string; dockerdArgs?: string[] } = {}): Promise<Daemon> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'e2e-dockerd-'));
   const driverName = o.builtinDriver ?? `cvmfsgd-test-${randomBytes(4).toString('hex')}`;
   const socket = `/run/docker/plugins/${driverName}.sock`;
@@ -117,9 +117,20 @@ export async function startDaemon(o: { pluginEnv?: Record<string, string>; built
     fs.closeSync(out);
     await waitFor(() => fs.existsSync(socket), 10_000, 'the plugin socket');
   };
-  if (!o.builtinDriver) await startPlugin();
+  // Traversable, so that a remapped root (--userns-remap) reaches the data root below.
+  fs.chmodSync(dir, 0o711);
   const d = new DockerdProcess(dir);
-  await d.start([...(o.builtinDriver ? [] : ['--experimental']), '-s', driverName]);
+  try {
+    if (!o.builtinDriver) await startPlugin();
+    await d.start([...(o.builtinDriver ? [] : ['--experimental']), '-s', driverName, ...(o.dockerdArgs ?? [])]);
+  } catch (err) {
+    plugin?.kill('SIGKILL');
+    await d.stop();
+    await d.unmountAll();
+    fs.rmSync(socket, { force: true });
+    fs.rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
   return {
     dir, driverName, home: path.join(dir, 'root', driverName), docker: d.docker,
     pluginLog: () => (fs.existsSync(pluginLogFile) ? fs.readFileSync(pluginLogFile, 'utf8') : ''),
@@ -151,6 +162,8 @@ export interface ManagedOptions {
   readonly configDir?: string;
   /** Called with the build output (for its printed rootfs size). */
   readonly onBuild?: (stdout: string) => void;
+  /** More dockerd flags (e.g. --userns-remap), for both the installing daemon and the one on the plugin. */
+  readonly dockerdArgs?: readonly string[];
 }
 
 /**
@@ -160,16 +173,18 @@ export interface ManagedOptions {
 export async function startManagedDaemon(o: ManagedOptions = {}): Promise<Daemon> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'e2e-managed-'));
   const name = `cvmfsgd-managed-${randomBytes(3).toString('hex')}`;
+  fs.chmodSync(dir, 0o711);
   const d = new DockerdProcess(dir);
   try {
-    await d.start([]);
-    const built = await run('bash', ['scripts/build-plugin.sh'], { env: { ...d.env, PLUGIN_NAME: name }, maxBuffer: 1 << 24 });
+    // Plugins are stored under the data root, which --userns-remap moves: install with the same flags.
+    await d.start([...(o.dockerdArgs ?? [])]);
+    const built = await run('bash', ['scripts/build-plugin.sh'], { env: { ...d.env, PLUGIN_NAME: name, PLUGIN_OUT: path.join(dir, 'plugin-build') }, maxBuffer: 1 << 24 });
     o.onBuild?.(built.stdout);
     const settings = [...(o.configDir ? [`config.source=${o.configDir}`] : []), ...Object.entries(o.pluginEnv ?? {}).map(([k, v]) => `${k}=${v}`)];
     if (settings.length) await d.docker(['plugin', 'set', name, ...settings]);
     await d.docker(['plugin', 'enable', name]);
     await d.stop();
-    await d.start(['--experimental', '-s', name]);
+    await d.start(['--experimental', '-s', name, ...(o.dockerdArgs ?? [])]);
   } catch (err) {
     await d.stop();
     await d.unmountAll();
@@ -177,12 +192,13 @@ export async function startManagedDaemon(o: ManagedOptions = {}): Promise<Daemon
     throw err;
   }
   const id = (await d.docker(['plugin', 'inspect', '-f', '{{.Id}}', name])).stdout.trim();
+  const dataRoot = (await d.docker(['info', '-f', '{{.DockerRootDir}}'])).stdout.trim();
   // The plugin runs in a container (cgroup) named by the plugin ID.
   const pluginPids = () => fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).filter((p) => {
     try { return fs.readFileSync(`/proc/${p}/cgroup`, 'utf8').includes(id) && fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('plugin/main.js'); } catch { return false; }
   }).map(Number);
   return {
-    dir, driverName: name, home: path.join(dir, 'root', 'plugins', id, 'propagated-mount', name), docker: d.docker,
+    dir, driverName: name, home: path.join(dataRoot, 'plugins', id, 'propagated-mount', name), docker: d.docker,
     pluginLog: () => d.log().split('\n').filter((l) => l.includes(`plugin=${id}`)).join('\n'),
     restartPlugin: async () => {
       const before = pluginPids();
