@@ -10,13 +10,11 @@ import t from 'tap';
 import { busyboxRootfsTar, dockerUnavailable, startManagedDaemon, type Daemon } from '../lib/dockerd.js';
 import { regularImageTests } from './regular-images.js';
 import { goodDescriptor, importThin, prepareThinRepositories, thinImageTests, type ThinRepositories } from './thin-images.js';
+import { skipLoudly } from '../lib/skip.js';
 
 const why = dockerUnavailable();
 if (why) {
-  const msg = `END-TO-END DOCKER TESTS SKIPPED: ${why}`;
-  console.error(`\n*** ${msg} ***\n`);
-  t.comment(msg);
-  t.plan(0, msg);
+  skipLoudly(t, `END-TO-END DOCKER TESTS SKIPPED: ${why}`);
 } else {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'e2e-'));
   let d: Daemon | undefined, repos: ThinRepositories | undefined, buildOutput = '';

@@ -12,14 +12,12 @@ import { promisify } from 'node:util';
 import t from 'tap';
 import { busyboxRootfsTar, dockerUnavailable, startManagedDaemon, type Daemon } from '../lib/dockerd.js';
 import { goodDescriptor, importThin, prepareThinRepositories, type ThinRepositories } from './thin-images.js';
+import { skipLoudly } from '../lib/skip.js';
 
 const run = promisify(execFile);
 const why = dockerUnavailable() ?? (fs.existsSync('/usr/sbin/useradd') ? null : 'useradd missing: dockerd cannot create the dockremap user');
 if (why) {
-  const msg = `END-TO-END USERNS TESTS SKIPPED: ${why}`;
-  console.error(`\n*** ${msg} ***\n`);
-  t.comment(msg);
-  t.plan(0, msg);
+  skipLoudly(t, `END-TO-END USERNS TESTS SKIPPED: ${why}`);
 } else {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'e2e-userns-'));
   let d: Daemon | undefined, repos: ThinRepositories | undefined;

@@ -12,6 +12,7 @@ import t from 'tap';
 import { applyDiff } from '../../../driver/apply-diff.js';
 import { diffTar } from '../../../driver/diff.js';
 import { tarOf, type TarSpec } from '../../lib/tar-of.js';
+import { notRoot, skipLoudly } from '../../lib/skip.js';
 
 const run = promisify(execFile);
 
@@ -34,12 +35,7 @@ async function layer(dir: string, entries: TarSpec[]): Promise<string> {
 }
 
 t.test('squashed Diff of three layers equals the layers stacked', async (t) => {
-  if (process.getuid?.() !== 0) {
-    console.error('\n*** SQUASH DIFF TEST SKIPPED: needs root for overlay mounts and whiteout devices ***\n');
-    t.comment('SQUASH DIFF TEST SKIPPED: needs root');
-    t.plan(0, 'needs root');
-    return;
-  }
+  if (notRoot()) { skipLoudly(t, 'SQUASH DIFF TEST SKIPPED: needs root for overlay mounts and whiteout devices'); return; }
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'squash-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const l0 = await layer(path.join(dir, 'l0'), [

@@ -7,6 +7,7 @@ import t from 'tap';
 import tar from 'tar-stream';
 import { GraphDriver } from '../../../driver/index.js';
 import { tarOf } from '../../lib/tar-of.js';
+import { notRoot, skipLoudly } from '../../lib/skip.js';
 
 const MAP = [{ containerId: 0, hostId: 100000, size: 65536 }];
 
@@ -19,12 +20,7 @@ async function headers(stream: Readable): Promise<Map<string, tar.Header>> {
 }
 
 t.test('owners shift into the host range on ApplyDiff and back on Diff', async (t) => {
-  if (process.getuid?.() !== 0) {
-    console.error('\n*** USERNS DRIVER TEST SKIPPED: needs root to chown ***\n');
-    t.comment('USERNS DRIVER TEST SKIPPED: needs root to chown');
-    t.plan(0, 'needs root');
-    return;
-  }
+  if (notRoot()) { skipLoudly(t, 'USERNS DRIVER TEST SKIPPED: needs root to chown'); return; }
   const home = fs.mkdtempSync(path.join(os.tmpdir(), 'userns-'));
   t.teardown(() => fs.rmSync(home, { recursive: true, force: true }));
   const d = new GraphDriver();
