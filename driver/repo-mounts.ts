@@ -126,7 +126,10 @@ export class RepoMounts {
         released = true;
         if (this.dropUser(fqrn) > 0) return;
         if (this.idleMs <= 0) { await this.unmountIdle(fqrn); return; }
-        const timer = setTimeout(() => { this.idle.delete(fqrn); void this.unmountIdle(fqrn); }, this.idleMs);
+        const timer = setTimeout(() => {
+          this.idle.delete(fqrn);
+          this.unmountIdle(fqrn).catch((err: Error) => this.log('warn', `unmounting idle ${fqrn}: ${err.message}`));
+        }, this.idleMs);
         timer.unref();
         this.idle.set(fqrn, timer);
       },
