@@ -10,7 +10,7 @@
  * layer). Directory times are set last, deepest first, since adding children changes them.
  */
 import { execFile } from 'node:child_process';
-import { createWriteStream } from 'node:fs';
+import { chmodSync, createWriteStream, lchownSync, lutimesSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
@@ -23,6 +23,7 @@ import { IdMapping } from './id-map.js';
 import { OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, safeComponents, WHITEOUT_PREFIX } from './tar-paths.js';
 
 const run = promisify(execFile);
+const SMALL_FILE = 4 * 1024 * 1024;
 
 async function setXattr(p: string, name: string, value: Buffer): Promise<void> {
   await run('setfattr', ['-h', '-n', name, '-v', `0x${value.toString('hex')}`, '--', p]);
@@ -41,6 +42,16 @@ export async function applyDiff(diffDir: string, input: Readable, ids: IdMapping
   installPaxDecoder();
   const root = path.resolve(diffDir);
   const knownDirs = new Set<string>([root]);
+  // Docker applies a layer into a new, empty directory: there, only what this tar made can exist,
+  // which saves an lstat per entry.
+  const fresh = (await fs.readdir(root)).length === 0;
+  const created = new Set<string>();
+  /** Removes what an entry replaces; directories below it are no longer known to be safe. */
+  const remove = async (p: string) => {
+    await fs.rm(p, { recursive: true, force: true });
+    for (const d of knownDirs) if (d === p || d.startsWith(`${p}/`)) knownDirs.delete(d);
+  };
+  const existing = (p: string) => (fresh && !created.has(p) ? Promise.resolve(undefined) : fs.lstat(p).catch(() => undefined));
   const dirTimes: { p: string; mtime: Date }[] = [];
   let size = 0;
   const owner = (h: tar.Header) => ids.toHost(h.uid ?? 0, h.gid ?? 0, `entry "${h.name}"`);
@@ -52,8 +63,9 @@ export async function applyDiff(diffDir: string, input: Readable, ids: IdMapping
     for (const c of parts.slice(0, -1)) {
       cur = path.join(cur, c);
       if (knownDirs.has(cur)) continue;
-      const st = await fs.lstat(cur).catch(() => undefined);
+      const st = await existing(cur);
       if (!st) {
+        created.add(cur);
         await fs.mkdir(cur, { mode: 0o755 });
         if (!ids.identity) await fs.lchown(cur, root0.uid, root0.gid);
       }
@@ -98,16 +110,18 @@ export async function applyDiff(diffDir: string, input: Readable, ids: IdMapping
       }
       if (base.startsWith(WHITEOUT_PREFIX)) {
         const target = path.join(dir, base.slice(WHITEOUT_PREFIX.length));
-        await fs.rm(target, { recursive: true, force: true });
+        await remove(target);
         await mknod(target, 'c', 0, 0);
+        created.add(target);
         if (!ids.identity) await fs.lchown(target, root0.uid, root0.gid);
         entry.resume();
         continue;
       }
       const p = path.join(dir, base);
-      const st = await fs.lstat(p).catch(() => undefined);
-      if (st && !(st.isDirectory() && h.type === 'directory')) await fs.rm(p, { recursive: true, force: true });
+      const st = await existing(p);
+      if (st && !(st.isDirectory() && h.type === 'directory')) await remove(p);
       const mode = (h.mode ?? 0o644) & 0o7777;
+      created.add(p);
       switch (h.type) {
         case 'directory':
           if (!st?.isDirectory()) await fs.mkdir(p, { mode });
@@ -117,15 +131,30 @@ export async function applyDiff(diffDir: string, input: Readable, ids: IdMapping
           break;
         case 'file':
         case 'contiguous-file':
-          await pipeline(entry, createWriteStream(p, { mode }));
-          await fs.chmod(p, mode);
+          if ((h.size ?? 0) <= SMALL_FILE) {
+            // One write instead of one per chunk of the request body.
+            const chunks: Buffer[] = [];
+            for await (const c of entry) chunks.push(c as Buffer);
+            await fs.writeFile(p, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), { mode });
+          } else {
+            await pipeline(entry, createWriteStream(p, { mode }));
+          }
+          chmodSync(p, mode);
           size += h.size ?? 0;
           break;
         case 'symlink':
           await fs.symlink(h.linkname ?? '', p);
           break;
         case 'link': {
-          const target = path.join(root, ...safeComponents(h.linkname ?? '', `hardlink target of "${h.name}"`));
+          const targetParts = safeComponents(h.linkname ?? '', `hardlink target of "${h.name}"`);
+          // link(2) follows symlinks in the target's directories: none may be one.
+          for (let i = 1, cur = root; i < targetParts.length; i++) {
+            cur = path.join(cur, targetParts[i - 1]!);
+            if ((await fs.lstat(cur).catch(() => undefined))?.isSymbolicLink()) {
+              throw new DriverError('DRIVER_TAR_PATH_ESCAPE', `hardlink "${h.name}" points through the symlink ${path.relative(root, cur)}`);
+            }
+          }
+          const target = path.join(root, ...targetParts);
           if (!(await lexists(target))) throw new DriverError('DRIVER_TAR_CORRUPT', `hardlink "${h.name}" points to "${h.linkname}", which is not in this layer`);
           await fs.link(target, p);
           entry.resume();
@@ -143,13 +172,14 @@ export async function applyDiff(diffDir: string, input: Readable, ids: IdMapping
         default:
           throw new DriverError('DRIVER_TAR_CORRUPT', `entry "${h.name}" has the unsupported tar type "${String(h.type)}"`);
       }
+      // Metadata calls are synchronous, as in tar -x: a thread-pool round trip each would cost more.
       const o = owner(h);
-      await fs.lchown(p, o.uid, o.gid);
-      if (h.type !== 'directory' && (mode & 0o6000)) await fs.chmod(p, mode); // chown clears setuid/setgid
+      lchownSync(p, o.uid, o.gid);
+      if (h.type !== 'directory' && (mode & 0o6000)) chmodSync(p, mode); // chown clears setuid/setgid
       for (const [k, v] of Object.entries((h.pax ?? {}) as Record<string, string>)) {
         if (k.startsWith('SCHILY.xattr.')) await setXattr(p, k.slice('SCHILY.xattr.'.length), paxBytes(v));
       }
-      if (h.type !== 'directory') await fs.lutimes(p, h.mtime ?? new Date(), h.mtime ?? new Date());
+      if (h.type !== 'directory') lutimesSync(p, h.mtime ?? new Date(), h.mtime ?? new Date());
       entry.resume();
     }
   } catch (err) {
