@@ -1,6 +1,6 @@
 /** Demo helper: reads a served repository over HTTP with the independent verifying reader of
- *  test/lib (signatures, hashes, catalog invariants, counters) and prints a short listing.
- *  The full client (`cvmfs-repo mount/cat/ls`) replaces this. */
+ *  test/lib (signatures, hashes, catalog invariants, counters) and prints a short listing: a
+ *  check independent of our client, which the demo then mounts. */
 import fs from 'node:fs';
 import { readRepository } from '../test/lib/repo-reader.js';
 
