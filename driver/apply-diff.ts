@@ -57,20 +57,25 @@ export async function applyDiff(diffDir: string, input: Readable, ids: IdMapping
   const owner = (h: tar.Header) => ids.toHost(h.uid ?? 0, h.gid ?? 0, `entry "${h.name}"`);
   const root0 = ids.root();
 
-  /** Makes sure every parent of `parts` is a real directory inside the layer. */
-  const parentOf = async (parts: readonly string[], name: string): Promise<string> => {
+  /**
+   * Makes sure every parent of `parts` is a real directory inside the layer, creating missing ones
+   * for an entry; for a hardlink target they must exist (else the error `missing`). Nothing may be
+   * a symlink: writes and link(2) would follow it out of the layer.
+   */
+  const parentOf = async (parts: readonly string[], who: string, missing?: string): Promise<string> => {
     let cur = root;
     for (const c of parts.slice(0, -1)) {
       cur = path.join(cur, c);
       if (knownDirs.has(cur)) continue;
       const st = await existing(cur);
-      if (!st) {
+      if (!st && missing === undefined) {
         created.add(cur);
         await fs.mkdir(cur, { mode: 0o755 });
         if (!ids.identity) await fs.lchown(cur, root0.uid, root0.gid);
       }
-      else if (st.isSymbolicLink()) throw new DriverError('DRIVER_TAR_PATH_ESCAPE', `entry "${name}" would be written through the symlink ${path.relative(root, cur)}`);
-      else if (!st.isDirectory()) throw new DriverError('DRIVER_TAR_CORRUPT', `entry "${name}": ${path.relative(root, cur)} is not a directory`);
+      else if (!st) throw new DriverError('DRIVER_TAR_CORRUPT', missing!);
+      else if (st.isSymbolicLink()) throw new DriverError('DRIVER_TAR_PATH_ESCAPE', `${who} ${missing === undefined ? 'would be written' : 'points'} through the symlink ${path.relative(root, cur)}`);
+      else if (!st.isDirectory()) throw new DriverError('DRIVER_TAR_CORRUPT', `${who}: ${path.relative(root, cur)} is not a directory`);
       knownDirs.add(cur);
     }
     return cur;
@@ -101,7 +106,7 @@ export async function applyDiff(diffDir: string, input: Readable, ids: IdMapping
         entry.resume();
         continue;
       }
-      const dir = await parentOf(parts, h.name);
+      const dir = await parentOf(parts, `entry "${h.name}"`);
       const base = parts[parts.length - 1]!;
       if (base === OPAQUE_MARKER) {
         await setXattr(dir, OVERLAY_OPAQUE_XATTR, Buffer.from('y'));
@@ -147,15 +152,9 @@ export async function applyDiff(diffDir: string, input: Readable, ids: IdMapping
           break;
         case 'link': {
           const targetParts = safeComponents(h.linkname ?? '', `hardlink target of "${h.name}"`);
-          // link(2) follows symlinks in the target's directories: none may be one.
-          for (let i = 1, cur = root; i < targetParts.length; i++) {
-            cur = path.join(cur, targetParts[i - 1]!);
-            if ((await fs.lstat(cur).catch(() => undefined))?.isSymbolicLink()) {
-              throw new DriverError('DRIVER_TAR_PATH_ESCAPE', `hardlink "${h.name}" points through the symlink ${path.relative(root, cur)}`);
-            }
-          }
-          const target = path.join(root, ...targetParts);
-          if (!(await lexists(target))) throw new DriverError('DRIVER_TAR_CORRUPT', `hardlink "${h.name}" points to "${h.linkname}", which is not in this layer`);
+          const notHere = `hardlink "${h.name}" points to "${h.linkname}", which is not in this layer`;
+          const target = path.join(await parentOf(targetParts, `hardlink "${h.name}"`, notHere), targetParts[targetParts.length - 1]!);
+          if (!(await lexists(target))) throw new DriverError('DRIVER_TAR_CORRUPT', notHere);
           await fs.link(target, p);
           entry.resume();
           continue;
@@ -163,11 +162,11 @@ export async function applyDiff(diffDir: string, input: Readable, ids: IdMapping
         case 'character-device':
         case 'block-device':
           await mknod(p, h.type === 'character-device' ? 'c' : 'b', h.devmajor ?? 0, h.devminor ?? 0);
-          await fs.chmod(p, mode);
+          chmodSync(p, mode);
           break;
         case 'fifo':
           await mknod(p, 'p');
-          await fs.chmod(p, mode);
+          chmodSync(p, mode);
           break;
         default:
           throw new DriverError('DRIVER_TAR_CORRUPT', `entry "${h.name}" has the unsupported tar type "${String(h.type)}"`);

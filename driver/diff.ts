@@ -1,7 +1,8 @@
 /**
  * Diff, Changes and DiffSize of a layer against its parent, from the layer's own diff directory
- * (the overlay upper dir); Diff also against an older ancestor (docker build --squash): a 0/0 character device is a deletion, emitted as `.wh.<name>`; a
- * directory with `trusted.overlay.opaque=y` gets a `.wh..wh..opq` entry. Hardlinks within the
+ * (the overlay upper dir), and Diff of several layers squashed (docker build --squash): a 0/0
+ * character device is a deletion, emitted as `.wh.<name>`; a directory with
+ * `trusted.overlay.opaque=y` gets a `.wh..wh..opq` entry. Hardlinks within the
  * layer are emitted once as a file and then as links. xattrs are read with one `getfattr -R`.
  */
 import { execFile } from 'node:child_process';
@@ -150,7 +151,7 @@ export async function changesOf(diffDir: string, lowerDiffDirs: readonly string[
   const out: Change[] = [];
   const inLower = async (rel: string) => {
     for (const l of lowerDiffDirs) {
-      const st = await fs.lstat(path.join(l, rel)).catch(() => undefined);
+      const st = await lstatOrNone(path.join(l, rel));
       if (st) return !isWhiteout(st);
     }
     return false;

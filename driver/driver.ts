@@ -5,21 +5,20 @@
  * Init arrives once per daemon start (G2): it is persisted, and a restarted plugin reloads it,
  * its layers, and what is still mounted.
  */
+import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { applyDiff } from './apply-diff.js';
 import { changesOf, diffSize, diffTar, type Change } from './diff.js';
 import { DriverError } from './errors.js';
-import { LayerStore } from './layer-store.js';
+import { IdMapping, type IdMap } from './id-map.js';
+import { LayerStore, type LayerRecord } from './layer-store.js';
 import { Layout } from './layout.js';
 import { mount, mountpoints, unmount } from './mounter.js';
 import { overlayMountOf } from './overlay-options.js';
-import { IdMapping, type IdMap } from './id-map.js';
 import { RepoMounts, type RepoLease, type RepositoryConfig } from './repo-mounts.js';
 import { parseThin, THIN_FILES, type ThinFile } from './thin.js';
-import { createHash } from 'node:crypto';
-import type { LayerRecord } from './layer-store.js';
 
 export interface InitRequest {
   readonly home: string;
@@ -73,7 +72,7 @@ export class GraphDriver {
 
   /** Init from the daemon; persisted so that a restarted plugin can resume (G2). */
   async init(req: InitRequest, stateDir?: string): Promise<void> {
-    await this.open(req.home, new IdMapping(req.uidMaps, req.gidMaps));
+    await this.open(req);
     if (stateDir) {
       await fs.mkdir(stateDir, { recursive: true });
       await fs.writeFile(path.join(stateDir, 'init.json'), JSON.stringify(req));
@@ -86,12 +85,13 @@ export class GraphDriver {
     const text = await fs.readFile(path.join(stateDir, 'init.json'), 'utf8').catch(() => undefined);
     if (!text) return false;
     const req = JSON.parse(text) as InitRequest;
-    await this.open(req.home, new IdMapping(req.uidMaps, req.gidMaps));
+    await this.open(req);
     this.log('info', `resumed at ${req.home} after a restart: ${this.store!.all().length} layers, ${this.mounted.size} mounted`);
     return true;
   }
 
-  private async open(home: string, ids: IdMapping): Promise<void> {
+  private async open({ home, uidMaps, gidMaps }: InitRequest): Promise<void> {
+    const ids = new IdMapping(uidMaps, gidMaps);
     if (!path.isAbsolute(home)) throw new DriverError('DRIVER_BAD_REQUEST', `Home "${home}" is not an absolute path`);
     await fs.mkdir(home, { recursive: true, mode: 0o700 });
     if (!ids.identity) {
@@ -126,7 +126,7 @@ export class GraphDriver {
   }
 
   async remove(id: string): Promise<void> {
-    const { store, layout } = this.need();
+    const { store } = this.need();
     await this.locks.run(id, async () => {
       if (!store.has(id)) return;
       // G5: when Get of `<m>-init` fails, the daemon abandons that layer without removing it. Such
@@ -139,8 +139,7 @@ export class GraphDriver {
         await store.remove(orphan.id);
         this.log('info', `removed abandoned layer ${orphan.id} with its parent ${id}`);
       }
-      if (this.mounted.has(id)) { await unmount(layout.mergedDir(id)); this.mounted.delete(id); }
-      await this.releaseLeases(id);
+      await this.unmountLayer(id);
       this.refs.delete(id);
       await store.remove(id);
     });
@@ -222,20 +221,21 @@ export class GraphDriver {
     return `l/${short}`;
   }
 
-  private async releaseLeases(id: string): Promise<void> {
+  /** Unmounts a layer's merged view and releases the repositories it held. */
+  private async unmountLayer(id: string): Promise<void> {
+    if (this.mounted.has(id)) { await unmount(this.need().layout.mergedDir(id)); this.mounted.delete(id); }
     const ls = this.leases.get(id);
     this.leases.delete(id);
     if (ls) await Promise.all(ls.map((l) => l.release()));
   }
 
   async put(id: string): Promise<void> {
-    const { layout } = this.need();
+    this.need();
     await this.locks.run(id, async () => {
       const n = (this.refs.get(id) ?? 0) - 1;
       if (n > 0) { this.refs.set(id, n); return; }
       this.refs.delete(id);
-      if (this.mounted.has(id)) { await unmount(layout.mergedDir(id)); this.mounted.delete(id); }
-      await this.releaseLeases(id);
+      await this.unmountLayer(id);
     });
   }
 

@@ -117,10 +117,7 @@ export async function mountRepository(repo: Repository, o: MountOptions): Promis
     return errno;
   };
   const owner = o.owner;
-  const statOf = (d: Dirent): FuseStat => {
-    const st = toStat(d);
-    return owner ? { ...st, ...owner(st.uid, st.gid) } : st;
-  };
+  const statOf = owner ? (d: Dirent): FuseStat => { const st = toStat(d); return { ...st, ...owner(st.uid, st.gid) }; } : toStat;
   const ttl = o.kernelCacheSeconds ?? 60;
   const wh = o.overlayWhiteouts ?? false;
   const baseName = (p: string) => p.slice(p.lastIndexOf('/') + 1);

@@ -94,10 +94,12 @@ class DockerdProcess {
     await new Promise((r) => { proc.once('exit', r); setTimeout(r, 30_000); });
   }
 
-  /** Unmounts whatever is left under the temp dir (the daemon's self bind mount, plugin mounts). */
-  async unmountAll(): Promise<void> {
+  /** Stops the daemon, unmounts what is left under the temp dir (its self bind mount, plugin mounts), removes it. */
+  async destroy(): Promise<void> {
+    await this.stop();
     const mounts = fs.readFileSync('/proc/self/mounts', 'utf8').split('\n').map((l) => l.split(' ')[1] ?? '').filter((m) => m.startsWith(this.dir));
     for (const m of mounts.reverse()) await run('umount', ['-l', m]).catch(() => {});
+    fs.rmSync(this.dir, { recursive: true, force: true });
   }
 }
 
@@ -120,15 +122,22 @@ export async function startDaemon(o: { pluginEnv?: Record<string, string>; built
   // Traversable, so that a remapped root (--userns-remap) reaches the data root below.
   fs.chmodSync(dir, 0o711);
   const d = new DockerdProcess(dir);
+  // The daemon first (it calls Cleanup on the plugin), then the plugin, then what is left.
+  const destroy = async () => {
+    await d.stop();
+    const p = plugin;
+    if (p && p.exitCode === null && p.signalCode === null) {
+      p.kill('SIGTERM');
+      await new Promise((r) => { p.once('exit', r); setTimeout(r, 5_000); });
+    }
+    fs.rmSync(socket, { force: true });
+    await d.destroy();
+  };
   try {
     if (!o.builtinDriver) await startPlugin();
     await d.start([...(o.builtinDriver ? [] : ['--experimental']), '-s', driverName, ...(o.dockerdArgs ?? [])]);
   } catch (err) {
-    plugin?.kill('SIGKILL');
-    await d.stop();
-    await d.unmountAll();
-    fs.rmSync(socket, { force: true });
-    fs.rmSync(dir, { recursive: true, force: true });
+    await destroy();
     throw err;
   }
   return {
@@ -141,17 +150,7 @@ export async function startDaemon(o: { pluginEnv?: Record<string, string>; built
       if (p.exitCode === null && p.signalCode === null) await new Promise((r) => p.once('exit', r));
       await startPlugin();
     },
-    stop: async () => {
-      await d.stop();
-      const p = plugin;
-      if (p && p.exitCode === null && p.signalCode === null) {
-        p.kill('SIGTERM');
-        await new Promise((r) => { p.once('exit', r); setTimeout(r, 5_000); });
-      }
-      await d.unmountAll();
-      fs.rmSync(socket, { force: true });
-      fs.rmSync(dir, { recursive: true, force: true });
-    },
+    stop: destroy,
   };
 }
 
@@ -186,9 +185,7 @@ export async function startManagedDaemon(o: ManagedOptions = {}): Promise<Daemon
     await d.stop();
     await d.start(['--experimental', '-s', name, ...(o.dockerdArgs ?? [])]);
   } catch (err) {
-    await d.stop();
-    await d.unmountAll();
-    fs.rmSync(dir, { recursive: true, force: true });
+    await d.destroy();
     throw err;
   }
   const id = (await d.docker(['plugin', 'inspect', '-f', '{{.Id}}', name])).stdout.trim();
@@ -207,11 +204,7 @@ export async function startManagedDaemon(o: ManagedOptions = {}): Promise<Daemon
       await waitFor(() => { const now = pluginPids(); return now.length === 1 && now[0] !== before[0]; }, 30_000, 'the daemon to restart the plugin');
       await waitFor(async () => (await d.docker(['info'], { allowFail: true })).code === 0, 30_000, 'the restarted plugin');
     },
-    stop: async () => {
-      await d.stop();
-      await d.unmountAll();
-      fs.rmSync(dir, { recursive: true, force: true });
-    },
+    stop: () => d.destroy(),
   };
 }
 
