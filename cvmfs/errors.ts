@@ -39,10 +39,18 @@ export type CvmfsErrorCode =
   | 'CVMFS_TAR_NAME_TOO_LONG'
   | 'CVMFS_TAR_PATH_TOO_LONG'
   | 'CVMFS_TAR_HARDLINK_MISSING'
+  | 'CVMFS_TAR_BAD_WHITEOUT'
+  | 'CVMFS_TAR_BAD_OWNER'
   | 'CVMFS_TAR_UNSUPPORTED_ENTRY'
   | 'CVMFS_STORAGE_FAILED'
   | 'CVMFS_ALL_SERVERS_FAILED'
   | 'CVMFS_HTTP_ERROR'
+  | 'CVMFS_CONNECTION_FAILED'
+  | 'CVMFS_TRANSFER_TIMEOUT'
+  | 'CVMFS_TRANSFER_TOO_SLOW'
+  | 'CVMFS_TRANSFER_DEADLINE'
+  | 'CVMFS_TRANSFER_TRUNCATED'
+  | 'CVMFS_ABORTED'
   | 'CVMFS_NAME_MISMATCH'
   | 'CVMFS_UNTRUSTED_CERTIFICATE'
   | 'CVMFS_REVISION_ROLLBACK'
@@ -51,6 +59,7 @@ export type CvmfsErrorCode =
   | 'CVMFS_NOT_A_SYMLINK'
   | 'CVMFS_NO_XATTR'
   | 'CVMFS_CACHE_FAILED'
+  | 'CVMFS_CACHE_UNSAFE'
   | 'CVMFS_CLOSED';
 
 const KIND_OF: Readonly<Record<CvmfsErrorCode, ErrorKind>> = {
@@ -79,10 +88,18 @@ const KIND_OF: Readonly<Record<CvmfsErrorCode, ErrorKind>> = {
   CVMFS_TAR_NAME_TOO_LONG: 'invalid-input',
   CVMFS_TAR_PATH_TOO_LONG: 'invalid-input',
   CVMFS_TAR_HARDLINK_MISSING: 'invalid-input',
+  CVMFS_TAR_BAD_WHITEOUT: 'invalid-input',
+  CVMFS_TAR_BAD_OWNER: 'invalid-input',
   CVMFS_TAR_UNSUPPORTED_ENTRY: 'invalid-input',
   CVMFS_STORAGE_FAILED: 'unavailable',
   CVMFS_ALL_SERVERS_FAILED: 'unavailable',
   CVMFS_HTTP_ERROR: 'unavailable',
+  CVMFS_CONNECTION_FAILED: 'unavailable',
+  CVMFS_TRANSFER_TIMEOUT: 'unavailable',
+  CVMFS_TRANSFER_TOO_SLOW: 'unavailable',
+  CVMFS_TRANSFER_DEADLINE: 'unavailable',
+  CVMFS_TRANSFER_TRUNCATED: 'unavailable',
+  CVMFS_ABORTED: 'unavailable',
   CVMFS_NAME_MISMATCH: 'integrity',
   CVMFS_UNTRUSTED_CERTIFICATE: 'integrity',
   CVMFS_REVISION_ROLLBACK: 'integrity',
@@ -91,6 +108,7 @@ const KIND_OF: Readonly<Record<CvmfsErrorCode, ErrorKind>> = {
   CVMFS_NOT_A_SYMLINK: 'invalid-input',
   CVMFS_NO_XATTR: 'not-found',
   CVMFS_CACHE_FAILED: 'unavailable',
+  CVMFS_CACHE_UNSAFE: 'invalid-input',
   CVMFS_CLOSED: 'unavailable',
 };
 

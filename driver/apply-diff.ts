@@ -1,29 +1,54 @@
 /**
  * ApplyDiff: extracts a Docker/OCI layer tar into a layer's diff directory in overlay form
  * (docker-graphdriver-protocol.md §6.1): `.wh.<name>` becomes a 0/0 character device `<name>`,
- * `<dir>/.wh..wh..opq` becomes `trusted.overlay.opaque=y` on `<dir>`. Owners, modes, times,
- * xattrs, hardlinks, symlinks, devices and FIFOs are kept. Nothing is written through a symlink:
- * every parent is checked with lstat. The body is always read to EOF. Owners are shifted into the
- * host range of the daemon's user namespace map, if it has one.
+ * `<dir>/.wh..wh..opq` becomes `trusted.overlay.opaque=y` on `<dir>`, other `.wh..wh.*` (AUFS
+ * bookkeeping) are skipped as Docker skips them. Owners, modes, times, xattrs, hardlinks,
+ * symlinks, devices and FIFOs are kept. Owners are shifted into the host range of the daemon's
+ * user namespace map, if it has one.
+ *
+ * Safety model: the entry rules are cvmfs/tar's, shared with the writer. Every parent is checked
+ * with lstat (or known, because this tar made it), so nothing is written through a symlink; at
+ * the final component no call follows a symlink either: files are created O_EXCL|O_NOFOLLOW and
+ * changed through their descriptor, other modes go through safe-fs, owners and times through the
+ * l* calls, xattrs through `setfattr -h`. A directory removed by a later entry takes its pending
+ * time update with it, so that the final pass never reaches through a replacement symlink.
+ *
+ * Settling: the call ends when the tar does, when the upload fails or is cut off, or when no byte
+ * arrives for `idleTimeoutMs`; on any failure what this call wrote is removed (Docker applies
+ * into a new, empty directory, which is left empty again).
  *
  * Node has no mknod or setxattr: those go through the `mknod` and `setfattr` binaries (few per
  * layer). Directory times are set last, deepest first, since adding children changes them.
  */
 import { execFile } from 'node:child_process';
-import { chmodSync, createWriteStream, lchownSync, lutimesSync } from 'node:fs';
+import { lchownSync, lutimesSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
 import tar from 'tar-stream';
-import { installPaxDecoder, paxBytes } from '../cvmfs/writer/tar-pax.js';
-import { DriverError } from './errors.js';
+import { checkEntry, installPaxDecoder, type CheckedEntry, type TarFail, type TarViolation } from '../cvmfs/tar/index.js';
+import { DriverError, type DriverErrorCode } from './errors.js';
 import { IdMapping } from './id-map.js';
-import { OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, safeComponents, WHITEOUT_PREFIX } from './tar-paths.js';
+import { chmodNoFollow, createExclusive } from './safe-fs.js';
+import { OVERLAY_OPAQUE_XATTR } from './tar-paths.js';
 
 const run = promisify(execFile);
 const SMALL_FILE = 4 * 1024 * 1024;
+export const DEFAULT_APPLY_IDLE_TIMEOUT_MS = 120_000;
+
+const TAR_CODES: Readonly<Record<TarViolation, DriverErrorCode>> = {
+  'path-escape': 'DRIVER_TAR_PATH_ESCAPE', 'bad-whiteout': 'DRIVER_TAR_BAD_WHITEOUT', 'bad-name': 'DRIVER_TAR_BAD_ENTRY',
+  'name-too-long': 'DRIVER_TAR_BAD_ENTRY', 'path-too-long': 'DRIVER_TAR_BAD_ENTRY', 'bad-owner': 'DRIVER_TAR_BAD_ENTRY',
+  'bad-xattr': 'DRIVER_TAR_BAD_ENTRY', 'unsupported-type': 'DRIVER_TAR_CORRUPT',
+};
+const tarFail: TarFail = (v, message) => new DriverError(TAR_CODES[v], message);
+
+export interface ApplyOptions {
+  readonly ids?: IdMapping;
+  /** The upload fails when no byte arrives for this long. */
+  readonly idleTimeoutMs?: number;
+}
 
 async function setXattr(p: string, name: string, value: Buffer): Promise<void> {
   await run('setfattr', ['-h', '-n', name, '-v', `0x${value.toString('hex')}`, '--', p]);
@@ -38,24 +63,97 @@ async function lexists(p: string): Promise<boolean> {
   return fs.lstat(p).then(() => true, () => false);
 }
 
-export async function applyDiff(diffDir: string, input: Readable, ids: IdMapping = new IdMapping()): Promise<number> {
+async function emptyDir(dir: string): Promise<void> {
+  for (const n of await fs.readdir(dir)) await fs.rm(path.join(dir, n), { recursive: true, force: true });
+}
+
+export async function applyDiff(diffDir: string, input: Readable, o: ApplyOptions = {}): Promise<number> {
   installPaxDecoder();
+  const ids = o.ids ?? new IdMapping();
+  const idleMs = o.idleTimeoutMs ?? DEFAULT_APPLY_IDLE_TIMEOUT_MS;
   const root = path.resolve(diffDir);
-  const knownDirs = new Set<string>([root]);
+  const rootBefore = await fs.lstat(root);
   // Docker applies a layer into a new, empty directory: there, only what this tar made can exist,
   // which saves an lstat per entry.
   const fresh = (await fs.readdir(root)).length === 0;
+
+  const extract = tar.extract();
+  let failure: DriverError | undefined;
+  const abort = (err: DriverError) => {
+    if (failure) return;
+    failure = err;
+    extract.destroy(err);
+  };
+  let lastByteMs = Date.now();
+  const onData = () => { lastByteMs = Date.now(); };
+  const onError = (err: Error) => abort(err instanceof DriverError ? err
+    : new DriverError('DRIVER_UPLOAD_ABORTED', `the layer upload failed: ${err.message}`, { cause: err }));
+  let ended = false;
+  const onEnd = () => { ended = true; };
+  const onClose = () => {
+    if (!ended && (input as { complete?: boolean }).complete !== true) {
+      abort(new DriverError('DRIVER_UPLOAD_ABORTED', 'the layer upload was cut off before the end of the tar'));
+    }
+  };
+  input.on('data', onData).on('end', onEnd).on('error', onError).on('close', onClose);
+  const watchdog = setInterval(() => {
+    if (Date.now() - lastByteMs < idleMs) return;
+    abort(new DriverError('DRIVER_UPLOAD_STALLED', `no byte of the layer upload arrived for ${Math.round(idleMs / 1000)} s`));
+  }, Math.max(10, Math.min(1000, idleMs / 4)));
+
+  // pipe, not pipeline: on a bad entry the request must survive, so the plugin can drain it and
+  // answer with the error instead of dropping the daemon's connection.
+  input.pipe(extract as unknown as NodeJS.WritableStream);
+  const done = new Promise<void>((resolve, reject) => {
+    extract.on('finish', () => resolve());
+    extract.on('error', (err: Error) => reject(err));
+  });
+  done.catch(() => {});
+  try {
+    const size = await extractInto(root, extract, fresh, ids);
+    await done;
+    return size;
+  } catch (err) {
+    if (typeof input.unpipe === "function") input.unpipe(extract as unknown as NodeJS.WritableStream);
+    extract.destroy();
+    const coded = failure ?? (err instanceof DriverError ? err : tarCorrupt(err));
+    if (fresh) {
+      // Leave the layer as it was: empty, with its own mode and owner.
+      await emptyDir(root).catch(() => {});
+      await fs.chmod(root, rootBefore.mode & 0o7777).catch(() => {});
+      await fs.lchown(root, rootBefore.uid, rootBefore.gid).catch(() => {});
+    }
+    throw coded;
+  } finally {
+    clearInterval(watchdog);
+    input.off('data', onData).off('end', onEnd).off('close', onClose);
+    // An 'error' listener stays, so that a late error of a drained request is never unhandled.
+    input.off('error', onError).on('error', () => {});
+  }
+}
+
+/** What tar-stream raises while reading headers or bodies: the archive is malformed or cut short. */
+function tarCorrupt(err: unknown): DriverError {
+  return new DriverError('DRIVER_TAR_CORRUPT', `layer tar is truncated or corrupt: ${(err as Error).message}`, { cause: err });
+}
+
+async function extractInto(root: string, extract: tar.Extract, fresh: boolean, ids: IdMapping): Promise<number> {
+  const knownDirs = new Set<string>([root]);
   const created = new Set<string>();
-  /** Removes what an entry replaces; directories below it are no longer known to be safe. */
+  /** Pending directory times, applied deepest first at the end. */
+  const dirTimes = new Map<string, Date>();
+  /** Removes what an entry replaces; what lay below it is no longer known or pending. */
   const remove = async (p: string) => {
     await fs.rm(p, { recursive: true, force: true });
-    for (const d of knownDirs) if (d === p || d.startsWith(`${p}/`)) knownDirs.delete(d);
+    const below = `${p}/`;
+    for (const d of knownDirs) if (d === p || d.startsWith(below)) knownDirs.delete(d);
+    for (const d of dirTimes.keys()) if (d === p || d.startsWith(below)) dirTimes.delete(d);
   };
   const existing = (p: string) => (fresh && !created.has(p) ? Promise.resolve(undefined) : fs.lstat(p).catch(() => undefined));
-  const dirTimes: { p: string; mtime: Date }[] = [];
   let size = 0;
-  const owner = (h: tar.Header) => ids.toHost(h.uid ?? 0, h.gid ?? 0, `entry "${h.name}"`);
+  const owner = (e: CheckedEntry) => ids.toHost(e.uid, e.gid, `entry ${JSON.stringify(e.name)}`);
   const root0 = ids.root();
+  const timeOf = (e: CheckedEntry) => new Date(e.mtimeSeconds * 1000 + Math.floor((e.mtimeNanos ?? 0) / 1e6));
 
   /**
    * Makes sure every parent of `parts` is a real directory inside the layer, creating missing ones
@@ -71,7 +169,7 @@ export async function applyDiff(diffDir: string, input: Readable, ids: IdMapping
       if (!st && missing === undefined) {
         created.add(cur);
         await fs.mkdir(cur, { mode: 0o755 });
-        if (!ids.identity) await fs.lchown(cur, root0.uid, root0.gid);
+        if (!ids.identity) lchownSync(cur, root0.uid, root0.gid);
       }
       else if (!st) throw new DriverError('DRIVER_TAR_CORRUPT', missing!);
       else if (st.isSymbolicLink()) throw new DriverError('DRIVER_TAR_PATH_ESCAPE', `${who} ${missing === undefined ? 'would be written' : 'points'} through the symlink ${path.relative(root, cur)}`);
@@ -81,79 +179,88 @@ export async function applyDiff(diffDir: string, input: Readable, ids: IdMapping
     return cur;
   };
 
-  const extract = tar.extract();
-  // pipe, not pipeline: on a bad entry the request must survive, so the plugin can drain it and
-  // answer with the error instead of dropping the daemon's connection.
-  input.pipe(extract as unknown as NodeJS.WritableStream);
-  const done = new Promise<void>((resolve, reject) => {
-    extract.on('finish', () => resolve());
-    extract.on('error', (err: Error) => reject(err instanceof DriverError ? err
-      : new DriverError('DRIVER_TAR_CORRUPT', `layer tar is truncated or corrupt: ${err.message}`, { cause: err })));
-    input.on('error', (err: Error) => reject(new DriverError('DRIVER_TAR_CORRUPT', `layer upload failed: ${err.message}`, { cause: err })));
-  });
-  done.catch(() => {});
-  try {
-    for await (const entry of extract) {
-      const h = entry.header;
-      const parts = safeComponents(h.name);
-      if (parts.length === 0) {
-        if (h.type === 'directory') {
-          await fs.chmod(root, (h.mode ?? 0o755) & 0o7777);
-          const o = owner(h);
-          await fs.lchown(root, o.uid, o.gid);
-          dirTimes.push({ p: root, mtime: h.mtime ?? new Date() });
+  /** Owner, set-ID bits (chown clears them), xattrs and time of what an entry made at `p`. */
+  const finish = async (p: string, e: CheckedEntry) => {
+    if (e.type !== 'file') { // a file got its owner and mode through its descriptor
+      const o = owner(e);
+      lchownSync(p, o.uid, o.gid);
+      if (e.type !== 'symlink' && e.type !== 'directory' && (e.mode & 0o6000)) chmodNoFollow(p, e.mode);
+    }
+    for (const [k, v] of e.xattrs) await setXattr(p, k, v);
+    if (e.type === 'directory') dirTimes.set(p, timeOf(e));
+    else lutimesSync(p, timeOf(e), timeOf(e));
+  };
+
+  for await (const entry of extract) {
+    const h = entry.header;
+    const what = `entry ${JSON.stringify(h.name)}`;
+    try {
+      const e = checkEntry(h, tarFail);
+      if (e.parts.length === 0) {
+        if (e.type === 'directory') {
+          chmodNoFollow(root, e.mode);
+          const o = owner(e);
+          lchownSync(root, o.uid, o.gid);
+          for (const [k, v] of e.xattrs) await setXattr(root, k, v);
+          dirTimes.set(root, timeOf(e));
         }
         entry.resume();
         continue;
       }
-      const dir = await parentOf(parts, `entry "${h.name}"`);
-      const base = parts[parts.length - 1]!;
-      if (base === OPAQUE_MARKER) {
+      if (e.role.kind === 'aufs-meta') { entry.resume(); continue; }
+      const dir = await parentOf(e.parts, what);
+      if (e.role.kind === 'opaque') {
         await setXattr(dir, OVERLAY_OPAQUE_XATTR, Buffer.from('y'));
         entry.resume();
         continue;
       }
-      if (base.startsWith(WHITEOUT_PREFIX)) {
-        const target = path.join(dir, base.slice(WHITEOUT_PREFIX.length));
+      if (e.role.kind === 'whiteout') {
+        const target = path.join(dir, e.role.target);
         await remove(target);
         await mknod(target, 'c', 0, 0);
         created.add(target);
-        if (!ids.identity) await fs.lchown(target, root0.uid, root0.gid);
+        if (!ids.identity) lchownSync(target, root0.uid, root0.gid);
         entry.resume();
         continue;
       }
-      const p = path.join(dir, base);
+      const p = path.join(dir, e.parts[e.parts.length - 1]!);
       const st = await existing(p);
-      if (st && !(st.isDirectory() && h.type === 'directory')) await remove(p);
-      const mode = (h.mode ?? 0o644) & 0o7777;
+      if (st && !(st.isDirectory() && e.type === 'directory')) await remove(p);
       created.add(p);
-      switch (h.type) {
+      switch (e.type) {
         case 'directory':
-          if (!st?.isDirectory()) await fs.mkdir(p, { mode });
-          await fs.chmod(p, mode);
+          if (!st?.isDirectory()) await fs.mkdir(p, { mode: e.mode });
+          chmodNoFollow(p, e.mode);
           knownDirs.add(p);
-          dirTimes.push({ p, mtime: h.mtime ?? new Date() });
           break;
-        case 'file':
-        case 'contiguous-file':
-          if ((h.size ?? 0) <= SMALL_FILE) {
-            // One write instead of one per chunk of the request body.
-            const chunks: Buffer[] = [];
-            for await (const c of entry) chunks.push(c as Buffer);
-            await fs.writeFile(p, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), { mode });
-          } else {
-            await pipeline(entry, createWriteStream(p, { mode }));
+        case 'file': {
+          const fh = await createExclusive(p, e.mode);
+          try {
+            if (e.size <= SMALL_FILE) {
+              // One write instead of one per chunk of the request body.
+              const chunks: Buffer[] = [];
+              for await (const c of entry) chunks.push(c as Buffer);
+              await fh.writeFile(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks));
+            } else {
+              for await (const c of entry) await fh.writeFile(c as Buffer); // from the current position, whole
+            }
+            // Through the descriptor: the file just created, whatever its name points to now.
+            const o = owner(e);
+            await fh.chown(o.uid, o.gid);
+            await fh.chmod(e.mode);
+          } finally {
+            await fh.close();
           }
-          chmodSync(p, mode);
-          size += h.size ?? 0;
+          size += e.size;
           break;
+        }
         case 'symlink':
-          await fs.symlink(h.linkname ?? '', p);
+          await fs.symlink(e.symlinkTarget, p);
           break;
         case 'link': {
-          const targetParts = safeComponents(h.linkname ?? '', `hardlink target of "${h.name}"`);
-          const notHere = `hardlink "${h.name}" points to "${h.linkname}", which is not in this layer`;
-          const target = path.join(await parentOf(targetParts, `hardlink "${h.name}"`, notHere), targetParts[targetParts.length - 1]!);
+          const targetParts = e.linkParts!;
+          const notHere = `hardlink ${JSON.stringify(h.name)} points to ${JSON.stringify(h.linkname)}, which is not in this layer`;
+          const target = path.join(await parentOf(targetParts, `hardlink ${JSON.stringify(h.name)}`, notHere), targetParts[targetParts.length - 1]!);
           if (!(await lexists(target))) throw new DriverError('DRIVER_TAR_CORRUPT', notHere);
           await fs.link(target, p);
           entry.resume();
@@ -161,34 +268,28 @@ export async function applyDiff(diffDir: string, input: Readable, ids: IdMapping
         }
         case 'character-device':
         case 'block-device':
-          await mknod(p, h.type === 'character-device' ? 'c' : 'b', h.devmajor ?? 0, h.devminor ?? 0);
-          chmodSync(p, mode);
+          await mknod(p, e.type === 'character-device' ? 'c' : 'b', e.devMajor, e.devMinor);
+          chmodNoFollow(p, e.mode);
           break;
         case 'fifo':
           await mknod(p, 'p');
-          chmodSync(p, mode);
+          chmodNoFollow(p, e.mode);
           break;
-        default:
-          throw new DriverError('DRIVER_TAR_CORRUPT', `entry "${h.name}" has the unsupported tar type "${String(h.type)}"`);
       }
       // Metadata calls are synchronous, as in tar -x: a thread-pool round trip each would cost more.
-      const o = owner(h);
-      lchownSync(p, o.uid, o.gid);
-      if (h.type !== 'directory' && (mode & 0o6000)) chmodSync(p, mode); // chown clears setuid/setgid
-      for (const [k, v] of Object.entries((h.pax ?? {}) as Record<string, string>)) {
-        if (k.startsWith('SCHILY.xattr.')) await setXattr(p, k.slice('SCHILY.xattr.'.length), paxBytes(v));
-      }
-      if (h.type !== 'directory') lutimesSync(p, h.mtime ?? new Date(), h.mtime ?? new Date());
+      await finish(p, e);
       entry.resume();
+    } catch (err) {
+      if (err instanceof DriverError) throw err;
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code && /^E[A-Z]+$/.test(code)) throw new DriverError('DRIVER_IO_FAILED', `${what}: ${(err as Error).message}`, { cause: err });
+      if (err instanceof TypeError || err instanceof RangeError || err instanceof ReferenceError) {
+        throw new DriverError('DRIVER_INTERNAL', `${what}: ${err.message}`, { cause: err });
+      }
+      throw tarCorrupt(err); // the body ended early or the stream broke under it
     }
-  } catch (err) {
-    input.unpipe(extract as unknown as NodeJS.WritableStream);
-    extract.destroy();
-    if (err instanceof DriverError) throw err;
-    throw new DriverError('DRIVER_IO_FAILED', `applying the layer failed: ${(err as Error).message}`, { cause: err });
   }
-  await done;
-  dirTimes.sort((a, b) => b.p.length - a.p.length);
-  for (const d of dirTimes) await fs.lutimes(d.p, d.mtime, d.mtime);
+  const dirs = [...dirTimes].sort((a, b) => b[0].length - a[0].length);
+  for (const [p, t] of dirs) lutimesSync(p, t, t);
   return size;
 }

@@ -49,6 +49,8 @@ export interface DriverOptions {
   /** Repository for old descriptors whose layers carry no URL. */
   readonly defaultRepository?: string;
   readonly log?: Logger;
+  /** ApplyDiff fails when its upload sends no byte for this long. */
+  readonly applyIdleTimeoutMs?: number;
 }
 
 export class GraphDriver {
@@ -108,6 +110,12 @@ export class GraphDriver {
     for (const r of store.all()) if (mps.has(layout.mergedDir(r.id))) this.mounted.add(r.id);
     const swept = await store.sweep((d) => mps.has(d));
     if (swept.length) this.log('info', `removed ${swept.length} leftover layer directories`);
+    // A crash during ApplyDiff leaves a layer the daemon never registered: remove it whole.
+    for (const r of store.all()) {
+      if (this.mounted.has(r.id) || !(await layout.isApplying(r.id))) continue;
+      await store.remove(r.id);
+      this.log('info', `removed layer ${r.id}, whose ApplyDiff a crash interrupted`);
+    }
     this.layout = layout;
     this.store = store;
     this.ids = ids;
@@ -273,7 +281,10 @@ export class GraphDriver {
     const rec = store.must(id);
     if (parent !== rec.parent) throw new DriverError('DRIVER_BAD_REQUEST', `ApplyDiff parent "${parent}" is not the parent "${rec.parent}" of layer ${id}`);
     return this.locks.run(id, async () => {
-      const size = await applyDiff(layout.diffDir(id), input, this.ids);
+      await layout.markApplying(id);
+      const size = await applyDiff(layout.diffDir(id), input, {
+        ids: this.ids, ...(this.o.applyIdleTimeoutMs !== undefined ? { idleTimeoutMs: this.o.applyIdleTimeoutMs } : {}),
+      }).finally(() => layout.clearApplying(id));
       for (const f of THIN_FILES) {
         const st = await fs.lstat(path.join(layout.diffDir(id), f)).catch(() => undefined);
         if (st?.isFile()) {

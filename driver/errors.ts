@@ -11,6 +11,12 @@ export type DriverErrorCode =
   | 'DRIVER_MOUNT_FAILED'
   | 'DRIVER_TAR_PATH_ESCAPE'
   | 'DRIVER_TAR_CORRUPT'
+  | 'DRIVER_TAR_BAD_ENTRY'
+  | 'DRIVER_TAR_BAD_WHITEOUT'
+  | 'DRIVER_UPLOAD_ABORTED'
+  | 'DRIVER_UPLOAD_STALLED'
+  | 'DRIVER_LAYER_LIMIT'
+  | 'DRIVER_INTERNAL'
   | 'DRIVER_UNSUPPORTED'
   | 'DRIVER_THIN_INVALID'
   | 'DRIVER_THIN_LAYER_MISSING'
@@ -28,6 +34,12 @@ const KIND_OF: Readonly<Record<DriverErrorCode, ErrorKind>> = {
   DRIVER_MOUNT_FAILED: 'unavailable',
   DRIVER_TAR_PATH_ESCAPE: 'invalid-input',
   DRIVER_TAR_CORRUPT: 'invalid-input',
+  DRIVER_TAR_BAD_ENTRY: 'invalid-input',
+  DRIVER_TAR_BAD_WHITEOUT: 'invalid-input',
+  DRIVER_UPLOAD_ABORTED: 'invalid-input',
+  DRIVER_UPLOAD_STALLED: 'unavailable',
+  DRIVER_LAYER_LIMIT: 'invalid-input',
+  DRIVER_INTERNAL: 'internal',
   DRIVER_UNSUPPORTED: 'invalid-input',
   DRIVER_THIN_INVALID: 'invalid-input',
   DRIVER_THIN_LAYER_MISSING: 'not-found',

@@ -4,9 +4,11 @@
  *   <home>/layers/<id>/work      overlay work dir
  *   <home>/layers/<id>/merged    mount point returned by Get (stable per ID)
  *   <home>/layers/<id>/layer.json  metadata, written temp + rename
+ *   <home>/layers/<id>/applying    present while ApplyDiff runs; found at start, the layer is half applied
  *   <home>/l/<short>             short symlink to a diff dir, keeping mount data within one page
  *   <home>/state.json            the persisted Init request (Init comes once per daemon start)
  */
+import fs from 'node:fs/promises';
 import path from 'node:path';
 import { DriverError } from './errors.js';
 
@@ -25,6 +27,10 @@ export class Layout {
   workDir(id: string): string { return path.join(this.layerDir(id), 'work'); }
   mergedDir(id: string): string { return path.join(this.layerDir(id), 'merged'); }
   metaFile(id: string): string { return path.join(this.layerDir(id), 'layer.json'); }
+  applyingMarker(id: string): string { return path.join(this.layerDir(id), 'applying'); }
+  async markApplying(id: string): Promise<void> { await fs.writeFile(this.applyingMarker(id), ''); }
+  async clearApplying(id: string): Promise<void> { await fs.rm(this.applyingMarker(id), { force: true }); }
+  async isApplying(id: string): Promise<boolean> { return fs.lstat(this.applyingMarker(id)).then(() => true, () => false); }
   linksDir(): string { return path.join(this.home, 'l'); }
   link(short: string): string { return path.join(this.home, 'l', short); }
   stateFile(): string { return path.join(this.home, 'state.json'); }

@@ -35,6 +35,7 @@ async function main(): Promise<void> {
       idleUnmountMs: nonNegative('CVMFSGD_IDLE_UNMOUNT_SECONDS', env.CVMFSGD_IDLE_UNMOUNT_SECONDS ?? '60') * 1000,
     },
     ...(env.CVMFSGD_DEFAULT_REPOSITORY ? { defaultRepository: env.CVMFSGD_DEFAULT_REPOSITORY } : {}),
+    applyIdleTimeoutMs: positive('CVMFSGD_APPLYDIFF_IDLE_SECONDS', env.CVMFSGD_APPLYDIFF_IDLE_SECONDS ?? '120') * 1000,
   });
   await fs.mkdir(path.dirname(socket), { recursive: true });
   const server = await listenPlugin(createPluginApp({ driver, stateDir, log }), socket);
@@ -57,6 +58,12 @@ async function main(): Promise<void> {
 function nonNegative(name: string, value: string): number {
   const n = Number(value);
   if (value.trim() === '' || !Number.isFinite(n) || n < 0) throw new Error(`${name}=${JSON.stringify(value)}: expected a number >= 0`);
+  return n;
+}
+
+function positive(name: string, value: string): number {
+  const n = nonNegative(name, value);
+  if (n === 0) throw new Error(`${name}=${JSON.stringify(value)}: expected a number > 0`);
   return n;
 }
 

@@ -8,7 +8,7 @@
 import http from 'node:http';
 import fs from 'node:fs/promises';
 import express, { type Request, type Response } from 'express';
-import { DriverError, type GraphDriver, type IdMap, type Logger } from '../driver/index.js';
+import { CodedError, DriverError, type GraphDriver, type IdMap, type Logger } from '../driver/index.js';
 
 const JSON_LIMIT = '1mb';
 
@@ -40,11 +40,49 @@ function idMaps(body: unknown, key: string): IdMap[] {
   });
 }
 
+/** Every answer names a code: a driver or client error carries its own, anything else is a bug. */
 function errorText(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
+  if (err instanceof CodedError) return err.message;
+  return `DRIVER_INTERNAL: ${err instanceof Error ? err.message : String(err)}`;
 }
 
-export interface PluginOptions { readonly driver: GraphDriver; readonly stateDir: string; readonly log: Logger }
+export interface PluginOptions {
+  readonly driver: GraphDriver;
+  readonly stateDir: string;
+  readonly log: Logger;
+  /** How long the rest of a failed upload may trickle in before the answer goes out anyway. */
+  readonly uploadIdleTimeoutMs?: number;
+}
+
+const DEFAULT_UPLOAD_IDLE_MS = 120_000;
+
+/**
+ * Answers a failed ApplyDiff. The daemon must see the error, not a dropped request, so the rest of
+ * the upload is drained first; but an upload that was cut off or stalls is not waited for: the
+ * answer goes out at once (or after `idleMs` without a byte) and the connection is closed.
+ */
+function answerAfterUpload(req: Request, res: Response, err: unknown, idleMs: number): void {
+  let answered = false;
+  let timer: NodeJS.Timeout | undefined;
+  const answer = (close: boolean) => {
+    if (answered) return;
+    answered = true;
+    clearTimeout(timer);
+    req.off('data', onData);
+    if (res.headersSent || res.writableEnded || req.socket.destroyed) { req.socket.destroy(); return; }
+    if (close) { res.setHeader('Connection', 'close'); res.once('finish', () => req.socket.destroy()); }
+    res.status(500).json({ Err: errorText(err) });
+  };
+  const arm = () => { clearTimeout(timer); timer = setTimeout(() => answer(true), idleMs); };
+  const onData = () => arm();
+  const code = err instanceof DriverError ? err.code : undefined;
+  if (req.readableEnded) { answer(false); return; }
+  if (code === 'DRIVER_UPLOAD_STALLED' || code === 'DRIVER_UPLOAD_ABORTED') { answer(true); return; }
+  req.on('data', onData);
+  req.once('end', () => answer(false)).once('close', () => answer(true)).once('error', () => answer(true));
+  arm();
+  req.resume();
+}
 
 export function createPluginApp(o: PluginOptions): express.Express {
   const { driver, log } = o;
@@ -83,11 +121,7 @@ export function createPluginApp(o: PluginOptions): express.Express {
     const parent = typeof req.query.parent === 'string' ? req.query.parent : '';
     driver.applyDiff(id, parent, req).then((size) => res.status(200).json({ Size: size }), (err: unknown) => {
       log('error', `GraphDriver.ApplyDiff ${id}: ${errorText(err)}`);
-      // Drain the rest of the upload before answering: the daemon must not see a dropped request.
-      req.resume();
-      let answered = false;
-      const answer = () => { if (!answered && !res.headersSent) { answered = true; res.status(500).json({ Err: errorText(err) }); } };
-      if (req.readableEnded) answer(); else req.once('end', answer).once('close', answer).once('error', answer);
+      answerAfterUpload(req, res, err, o.uploadIdleTimeoutMs ?? DEFAULT_UPLOAD_IDLE_MS);
     });
   });
 

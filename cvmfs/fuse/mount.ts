@@ -6,6 +6,7 @@
 import Fuse, { type FuseStat } from 'fuse-native';
 import { CvmfsError, isCvmfsError } from '../errors.js';
 import type { Dirent, FileHandle, Repository } from '../reader/repository.js';
+import { nameRole, OPAQUE_MARKER, OVERLAY_XATTR_PREFIX, WHITEOUT_PREFIX } from '../tar/entry-rules.js';
 
 const ENODATA = -61;
 
@@ -27,8 +28,8 @@ export interface MountOptions {
   readonly log?: (line: string) => void;
 }
 
-const WH = '.wh.';
-const OPAQUE = '.wh..wh..opq';
+const WH = WHITEOUT_PREFIX;
+const OPAQUE = OPAQUE_MARKER;
 const OPAQUE_XATTR = 'trusted.overlay.opaque';
 const S_IFCHR = 0o020000;
 const CATALOG_MARKERS = new Set(['.cvmfscatalog', '.cvmfsautocatalog']);
@@ -146,7 +147,13 @@ export async function mountRepository(repo: Repository, o: MountOptions): Promis
         for (const d of ds) {
           if (d.name === OPAQUE || CATALOG_MARKERS.has(d.name)) continue;
           if (d.name.startsWith(WH)) {
-            const shown = d.name.slice(WH.length);
+            const role = nameRole(d.name);
+            if (role?.kind !== 'whiteout') {
+              // `.wh.`, `.wh..`, `.wh...` would show as '', '.' or '..'; AUFS bookkeeping stays hidden.
+              if (role === undefined) log(`readdir ${path}: ${new CvmfsError('CVMFS_BAD_CATALOG', `the whiteout ${JSON.stringify(d.name)} names no valid file; hidden`).message}`);
+              continue;
+            }
+            const shown = role.target;
             if (present.has(shown)) continue;
             names.push(shown);
             stats.push({ ...statOf(d), mode: S_IFCHR, rdev: 0, size: 0, nlink: 1 });
@@ -178,9 +185,13 @@ export async function mountRepository(repo: Repository, o: MountOptions): Promis
         repo.stat(`${path === '/' ? '' : path}/${OPAQUE}`).then(() => cb(0, Buffer.from('y')), () => cb(ENODATA));
         return;
       }
+      // overlayfs reads its own attributes from lower layers: only whiteout markers may set them.
+      if (wh && name.startsWith(OVERLAY_XATTR_PREFIX)) { cb(ENODATA); return; }
       repo.getxattr(path, name).then((v) => cb(0, v), (e) => cb(fail('getxattr', path, e)));
     },
-    listxattr: (path, cb) => { repo.listxattr(path).then((l) => cb(0, l), (e) => cb(fail('listxattr', path, e))); },
+    listxattr: (path, cb) => {
+      repo.listxattr(path).then((l) => cb(0, wh ? l.filter((n) => !n.startsWith(OVERLAY_XATTR_PREFIX)) : l), (e) => cb(fail('listxattr', path, e)));
+    },
     statfs: (_path, cb) => {
       const t = repo.totals();
       const files = Number(t.regular + t.dir + t.symlink + t.special);

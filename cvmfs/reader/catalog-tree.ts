@@ -9,6 +9,7 @@
  * offset being `inodeBase` (255 for a fresh mount, so the root is 256); hardlink group members
  * share the inode of the first member resolved.
  */
+import { isValidName } from '../tar/entry-rules.js';
 import { CvmfsError } from '../errors.js';
 import { FLAG, isCompressedFlags, kindOfMode, type EntryKind } from '../format/catalog-schema.js';
 import { CatalogDatabase, type Chunk, type StoredEntry } from '../format/catalog-statements.js';
@@ -152,7 +153,8 @@ export class CatalogTree {
     if (!d) throw new CvmfsError('CVMFS_PATH_NOT_FOUND', `${path || '/'} does not exist`);
     if (d.kind !== 'dir') throw new CvmfsError('CVMFS_NOT_A_DIRECTORY', `${path} is not a directory`);
     const cat = await this.catalogOfChildren(d);
-    return cat.db.list(path).filter((e) => (e.flags & FLAG.HIDDEN) === 0)
+    // A hostile catalog may hold names no directory can ('', '.', '..', with '/' or NUL): never shown.
+    return cat.db.list(path).filter((e) => (e.flags & FLAG.HIDDEN) === 0 && isValidName(e.name))
       .map((e) => this.dirent(cat, `${path}/${e.name}`, e));
   }
 

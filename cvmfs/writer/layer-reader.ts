@@ -6,7 +6,6 @@
  * node's `content` promise; the catalog builder awaits them all.
  */
 import type { Readable } from 'node:stream';
-import type tar from 'tar-stream';
 import { CvmfsError } from '../errors.js';
 import { makedev, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG } from '../format/catalog-schema.js';
 import type { Chunk } from '../format/catalog-statements.js';
@@ -16,9 +15,9 @@ import { encodeXattrs } from '../format/xattr.js';
 import { Chunker, CHUNKING_THRESHOLD_BYTES } from './chunker.js';
 import type { Encoded, ZlibPool } from '../zlib-pool.js';
 import type { ObjectSink } from './object-sink.js';
-import { paxBytes, paxString } from './tar-pax.js';
+import { checkEntry, type CheckedEntry } from '../tar/entry-rules.js';
 import { openTar, type TarCompression } from './tar-input.js';
-import { entryComponents, LayerTree, PATH_MAX_BYTES, type FileContent, type NodeMeta } from './tree.js';
+import { LayerTree, tarFail, type FileContent, type NodeMeta } from './tree.js';
 
 export interface LayerReadStats {
   entries: number;
@@ -36,35 +35,12 @@ export interface LayerReadContext {
   readonly now: Date;
 }
 
-const PERMISSION_BITS = 0o7777;
-
-function metaOf(header: tar.Header, typeBits: number, name: string): NodeMeta {
-  const pax: Record<string, string> = (header.pax ?? {}) as Record<string, string>;
-  const xattrs = new Map<string, Buffer>();
-  for (const [k, v] of Object.entries(pax)) {
-    if (k.startsWith('SCHILY.xattr.')) xattrs.set(k.slice('SCHILY.xattr.'.length), paxBytes(v));
-    else if (k.startsWith('LIBARCHIVE.xattr.')) {
-      xattrs.set(decodeURIComponent(k.slice('LIBARCHIVE.xattr.'.length)), Buffer.from(paxString(v), 'base64'));
-    }
-  }
+function metaOf(e: CheckedEntry, typeBits: number): NodeMeta {
   let xattr: Buffer | null;
-  try { xattr = encodeXattrs(xattrs); } catch (err) {
-    throw new CvmfsError('CVMFS_BAD_XATTR', `entry "${name}": ${(err as Error).message}`, { cause: err });
+  try { xattr = encodeXattrs(e.xattrs as Map<string, Buffer>); } catch (err) {
+    throw new CvmfsError('CVMFS_BAD_XATTR', `entry "${e.name}": ${(err as Error).message}`, { cause: err });
   }
-  let mtime = Math.floor((header.mtime?.getTime() ?? 0) / 1000);
-  let mtimens: number | null = null;
-  const paxTime = pax['mtime'];
-  if (paxTime !== undefined && /^-?\d+(\.\d+)?$/.test(paxTime)) {
-    const [s, frac = ''] = paxTime.split('.');
-    mtime = Number(s);
-    if (frac) mtimens = Number((frac + '000000000').slice(0, 9));
-  }
-  const id = (k: 'uid' | 'gid', fallback: number | undefined) => {
-    const v = pax[k];
-    return v !== undefined && /^\d+$/.test(v) ? Number(v) : (fallback ?? 0);
-  };
-  return { mode: typeBits | ((header.mode ?? 0o644) & PERMISSION_BITS), uid: id('uid', header.uid), gid: id('gid', header.gid),
-    mtime, mtimens, xattr };
+  return { mode: typeBits | e.mode, uid: e.uid, gid: e.gid, mtime: e.mtimeSeconds, mtimens: e.mtimeNanos, xattr };
 }
 
 export async function readLayer(input: Readable, ctx: LayerReadContext): Promise<{ tree: LayerTree; stats: LayerReadStats }> {
@@ -135,18 +111,16 @@ export async function readLayer(input: Readable, ctx: LayerReadContext): Promise
 
   try {
     for await (const entry of tarIn.entries) {
-      const h = entry.header;
-      const name = h.name;
+      const e = checkEntry(entry.header, tarFail, { prefixBytes: Buffer.byteLength(mountPath) });
+      const { name, parts } = e;
       stats.entries++;
-      const parts = entryComponents(name, mountPath);
-      switch (h.type) {
+      switch (e.type) {
         case 'directory':
-          tree.addDir(parts, name, metaOf(h, S_IFDIR, name));
+          tree.addDir(parts, name, metaOf(e, S_IFDIR));
           break;
-        case 'file':
-        case 'contiguous-file': {
-          const size = h.size ?? 0;
-          const meta = metaOf(h, S_IFREG, name);
+        case 'file': {
+          const size = e.size;
+          const meta = metaOf(e, S_IFREG);
           const body = entry as AsyncIterable<Buffer>;
           const content = size === 0 ? emptyContent
             : (size > CHUNKING_THRESHOLD_BYTES ? await readChunked(body, size, name) : await readWhole(body, size, name)).content;
@@ -156,29 +130,19 @@ export async function readLayer(input: Readable, ctx: LayerReadContext): Promise
           tree.addFile(parts, name, meta, BigInt(size), content);
           break;
         }
-        case 'symlink': {
-          const target = h.linkname ?? '';
-          if (target === '' || target.includes('\0') || Buffer.byteLength(target) > PATH_MAX_BYTES) {
-            throw new CvmfsError('CVMFS_TAR_BAD_NAME', `symlink "${name}" has an empty, over-long or NUL-containing target`);
-          }
-          tree.addSymlink(parts, name, metaOf(h, S_IFLNK, name), target);
+        case 'symlink':
+          tree.addSymlink(parts, name, metaOf(e, S_IFLNK), e.symlinkTarget);
           break;
-        }
-        case 'link': {
-          const targetName = h.linkname ?? '';
-          tree.addHardlink(parts, name, entryComponents(targetName, mountPath, `hardlink target of "${name}"`), targetName);
+        case 'link':
+          tree.addHardlink(parts, name, e.linkParts!, entry.header.linkname ?? '');
           break;
-        }
         case 'character-device':
         case 'block-device':
-          tree.addSpecial(parts, name, metaOf(h, h.type === 'character-device' ? S_IFCHR : S_IFBLK, name),
-            makedev(h.devmajor ?? 0, h.devminor ?? 0));
+          tree.addSpecial(parts, name, metaOf(e, e.type === 'character-device' ? S_IFCHR : S_IFBLK), makedev(e.devMajor, e.devMinor));
           break;
         case 'fifo':
-          tree.addSpecial(parts, name, metaOf(h, S_IFIFO, name), 0n);
+          tree.addSpecial(parts, name, metaOf(e, S_IFIFO), 0n);
           break;
-        default:
-          throw new CvmfsError('CVMFS_TAR_UNSUPPORTED_ENTRY', `entry "${name}" has the unsupported tar type "${String(h.type)}"`);
       }
       entry.resume();
     }

@@ -8,7 +8,7 @@ import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
 import { DecompressStream } from 'zstd-napi';
 import { CvmfsError } from '../errors.js';
-import { installPaxDecoder } from './tar-pax.js';
+import { installPaxDecoder } from '../tar/pax.js';
 
 export type TarCompression = 'gzip' | 'zstd' | 'none';
 

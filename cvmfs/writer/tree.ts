@@ -5,11 +5,11 @@
  * attributes, missing parents are synthesised as root-owned 0755 directories (as
  * thin-images-and-layout.md R28 asks), and nothing may be written through a symlink.
  */
-import { CvmfsError } from '../errors.js';
+import { CvmfsError, type CvmfsErrorCode } from '../errors.js';
+import { entryPath, type TarFail, type TarViolation } from '../tar/entry-rules.js';
 import type { Chunk } from '../format/catalog-statements.js';
 
-export const NAME_MAX_BYTES = 255;
-export const PATH_MAX_BYTES = 4096;
+export { NAME_MAX_BYTES, PATH_MAX_BYTES } from '../tar/entry-rules.js';
 
 export interface NodeMeta {
   readonly mode: number;         // full st_mode, type bits included
@@ -34,24 +34,17 @@ export interface SpecialNode { readonly kind: 'special'; readonly meta: NodeMeta
 export type LeafNode = FileNode | SymlinkNode | SpecialNode;
 export type TreeNode = DirNode | LeafNode;
 
+const TAR_CODES: Readonly<Record<TarViolation, CvmfsErrorCode>> = {
+  'path-escape': 'CVMFS_TAR_PATH_ESCAPE', 'bad-name': 'CVMFS_TAR_BAD_NAME', 'name-too-long': 'CVMFS_TAR_NAME_TOO_LONG',
+  'path-too-long': 'CVMFS_TAR_PATH_TOO_LONG', 'bad-whiteout': 'CVMFS_TAR_BAD_WHITEOUT', 'bad-owner': 'CVMFS_TAR_BAD_OWNER',
+  'bad-xattr': 'CVMFS_BAD_XATTR', 'unsupported-type': 'CVMFS_TAR_UNSUPPORTED_ENTRY',
+};
+/** The writer's codes for the shared tar entry rules (cvmfs/tar). */
+export const tarFail: TarFail = (v, message) => new CvmfsError(TAR_CODES[v], message);
+
 /** Splits a tar entry name into components, rejecting anything that could leave the tree. */
 export function entryComponents(name: string, mountPath: string, what = 'entry'): string[] {
-  if (name.includes('\0')) throw new CvmfsError('CVMFS_TAR_BAD_NAME', `${what} "${name.replace(/\0/g, '\\0')}" contains a NUL byte`);
-  if (name.startsWith('/')) throw new CvmfsError('CVMFS_TAR_PATH_ESCAPE', `${what} "${name}" is an absolute path`);
-  const parts: string[] = [];
-  for (const c of name.split('/')) {
-    if (c === '' || c === '.') continue;
-    if (c === '..') throw new CvmfsError('CVMFS_TAR_PATH_ESCAPE', `${what} "${name}" contains "..": it would escape the ingest directory`);
-    if (Buffer.byteLength(c) > NAME_MAX_BYTES) {
-      throw new CvmfsError('CVMFS_TAR_NAME_TOO_LONG', `${what} "${name.slice(0, 80)}…": the name "${c.slice(0, 40)}…" is ${Buffer.byteLength(c)} bytes; at most ${NAME_MAX_BYTES}`);
-    }
-    parts.push(c);
-  }
-  const full = Buffer.byteLength(mountPath) + parts.reduce((n, c) => n + 1 + Buffer.byteLength(c), 0);
-  if (full > PATH_MAX_BYTES) {
-    throw new CvmfsError('CVMFS_TAR_PATH_TOO_LONG', `${what} "${name.slice(0, 80)}…" makes a ${full}-byte repository path; at most ${PATH_MAX_BYTES}`);
-  }
-  return parts;
+  return entryPath(name, tarFail, { what, prefixBytes: Buffer.byteLength(mountPath) }).parts;
 }
 
 export class LayerTree {

@@ -3,7 +3,7 @@ import { gzipSync } from 'node:zlib';
 import t from 'tap';
 import { compress } from 'zstd-napi';
 import { openTar, sniffCompression } from '../../../cvmfs/writer/tar-input.js';
-import { paxBytes } from '../../../cvmfs/writer/tar-pax.js';
+import { paxBytes } from '../../../cvmfs/tar/pax.js';
 import { tarOf } from '../../lib/tar-of.js';
 
 t.test('compression is detected from the bytes', async (t) => {

@@ -1,0 +1,2 @@
+export * from './entry-rules.js';
+export { installPaxDecoder, paxBytes, paxString } from './pax.js';
