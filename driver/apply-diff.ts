@@ -27,7 +27,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import tar from 'tar-stream';
-import { checkEntry, installPaxDecoder, type CheckedEntry, type TarFail, type TarViolation } from '../cvmfs/tar/index.js';
+import { checkEntry, EndMarkerTap, installPaxDecoder, type CheckedEntry, type TarFail, type TarViolation } from '../cvmfs/tar/index.js';
 import { DriverError, type DriverErrorCode } from './errors.js';
 import { IdMapping } from './id-map.js';
 import { chmodNoFollow, createExclusive } from './safe-fs.js';
@@ -103,7 +103,8 @@ export async function applyDiff(diffDir: string, input: Readable, o: ApplyOption
 
   // pipe, not pipeline: on a bad entry the request must survive, so the plugin can drain it and
   // answer with the error instead of dropping the daemon's connection.
-  input.pipe(extract as unknown as NodeJS.WritableStream);
+  const tap = new EndMarkerTap();
+  input.pipe(tap).pipe(extract as unknown as NodeJS.WritableStream);
   const done = new Promise<void>((resolve, reject) => {
     extract.on('finish', () => resolve());
     extract.on('error', (err: Error) => reject(err));
@@ -112,9 +113,12 @@ export async function applyDiff(diffDir: string, input: Readable, o: ApplyOption
   try {
     const size = await extractInto(root, extract, fresh, ids);
     await done;
+    // A body cut at an entry boundary (a closed upload) parses as a shorter, valid-looking tar.
+    if (!tap.endsWithZeroBlock()) throw new DriverError('DRIVER_TAR_CORRUPT', 'the layer tar ends without its end-of-archive marker: the upload was cut short');
     return size;
   } catch (err) {
-    if (typeof input.unpipe === "function") input.unpipe(extract as unknown as NodeJS.WritableStream);
+    if (typeof input.unpipe === 'function') input.unpipe(tap);
+    tap.unpipe();
     extract.destroy();
     const coded = failure ?? (err instanceof DriverError ? err : tarCorrupt(err));
     if (fresh) {

@@ -8,13 +8,13 @@ import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
 import { DecompressStream } from 'zstd-napi';
 import { CvmfsError } from '../errors.js';
+import { EndMarkerTap } from '../tar/end-marker.js';
 import { installPaxDecoder } from '../tar/pax.js';
 
 export type TarCompression = 'gzip' | 'zstd' | 'none';
 
 const GZIP_MAGIC = [0x1f, 0x8b];
 const ZSTD_MAGIC = [0x28, 0xb5, 0x2f, 0xfd];
-const BLOCK = 512;
 
 export function sniffCompression(head: Uint8Array): TarCompression {
   const starts = (m: number[]) => m.every((b, i) => head[i] === b);
@@ -45,23 +45,6 @@ async function readHead(input: Readable, n: number): Promise<Buffer> {
   return head;
 }
 
-/** Remembers the last block of the decompressed stream, to check for the end-of-archive marker. */
-class TailTap extends Transform {
-  total = 0;
-  private tail: Buffer = Buffer.alloc(0);
-  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: () => void): void {
-    this.total += chunk.length;
-    this.tail = chunk.length >= BLOCK ? chunk.subarray(chunk.length - BLOCK) : Buffer.concat([this.tail, chunk]).subarray(-BLOCK);
-    this.push(chunk);
-    cb();
-  }
-  /** A tar ends with zero blocks. A stream cut at an entry boundary lacks them; tar-stream
-   *  does not notice that, so we do. */
-  endsWithZeroBlock(): boolean {
-    return this.total > 0 && this.total % BLOCK === 0 && this.tail.length === BLOCK && this.tail.every((b) => b === 0);
-  }
-}
-
 export interface TarInput {
   readonly compression: TarCompression;
   readonly entries: tar.Extract;
@@ -87,7 +70,7 @@ export async function openTar(input: Readable): Promise<TarInput> {
   }
   const decompress: Transform = compression === 'gzip' ? createGunzip()
     : compression === 'zstd' ? new DecompressStream() as unknown as Transform : new PassThrough();
-  const tap = new TailTap();
+  const tap = new EndMarkerTap();
   const entries = tar.extract();
   const done = new Promise<void>((resolve, reject) => {
     pipeline(input, decompress, tap, entries as unknown as NodeJS.WritableStream, (err) => {

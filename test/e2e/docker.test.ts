@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
 import { busyboxRootfsTar, dockerUnavailable, startManagedDaemon, type Daemon } from '../lib/dockerd.js';
+import { hostileImageTests } from './hostile-images.js';
 import { regularImageTests } from './regular-images.js';
 import { goodDescriptor, importThin, prepareThinRepositories, thinImageTests, type ThinRepositories } from './thin-images.js';
 import { skipLoudly } from '../lib/skip.js';
@@ -40,6 +41,7 @@ if (why) {
 
   regularImageTests(t, daemon);
   thinImageTests(t, daemon);
+  hostileImageTests(t, daemon);
 
   t.test('plugin restart with no running containers: layers found again, regular and thin images run', async (t) => {
     const d = daemon();

@@ -115,6 +115,12 @@ t.test('upload-stalled and upload-cut-off: ApplyDiff settles with a code and rem
   setTimeout(() => cut.destroy(new Error('socket hang up')), 50);
   await t.rejects(applyDiff(layer, cut, { idleTimeoutMs: 60_000 }), { code: 'DRIVER_UPLOAD_ABORTED', message: /socket hang up/ }, 'a body that breaks fails at once');
   t.same(fs.readdirSync(layer), []);
+
+  const atBoundary = await tarOf([{ type: 'file', name: 'first', content: 'one' }, { type: 'file', name: 'second', content: 'two' }], { omitEndMarker: true });
+  await t.rejects(applyDiff(layer, Readable.from([atBoundary.subarray(0, 1024)])), { code: 'DRIVER_TAR_CORRUPT', message: /end-of-archive marker/ },
+    'a body closed at an entry boundary is not taken for a shorter layer');
+  await t.rejects(applyDiff(layer, Readable.from([Buffer.alloc(0)])), { code: 'DRIVER_TAR_CORRUPT' }, 'nor is an empty body');
+  t.same(fs.readdirSync(layer), []);
 });
 
 function post(socket: string, p: string, body?: Buffer, hold = false): Promise<{ status: number; text: string }> {
