@@ -10,12 +10,15 @@ import { whitelistBody, WHITELIST_DEFAULT_DAYS } from '../format/whitelist.js';
 import type { MasterKeys, SigningKeys } from './keys.js';
 import type { ObjectSink } from './object-sink.js';
 import { MANIFEST_FILE, WHITELIST_FILE } from './repository-state.js';
-import type { RepositoryStorage } from './storage.js';
+import type { RepositoryStorage, WriterLock } from './storage.js';
 
-export async function publishWhitelist(storage: RepositoryStorage, fqrn: string, keys: SigningKeys & MasterKeys,
+/** Signs and replaces the whitelist; `lock` must still be held (checked right before the write). */
+export async function publishWhitelist(storage: RepositoryStorage, lock: WriterLock, fqrn: string, keys: SigningKeys & MasterKeys,
   algo: HashAlgo, now: Date, days = WHITELIST_DEFAULT_DAYS): Promise<void> {
   if (!(days > 0 && days <= 365)) throw new CvmfsError('CVMFS_BAD_ARGUMENT', `whitelist lifetime ${days} days is out of range (1–365)`);
-  await storage.putLetter(WHITELIST_FILE, signWhitelist(whitelistBody(fqrn, keys.certDer, algo, now, days), keys.masterKey));
+  const body = signWhitelist(whitelistBody(fqrn, keys.certDer, algo, now, days), keys.masterKey);
+  await lock.verify();
+  await storage.putLetter(WHITELIST_FILE, body);
 }
 
 export interface ManifestInput {
@@ -28,8 +31,11 @@ export interface ManifestInput {
   readonly publishTime: number;
 }
 
-/** Stores the certificate object, flushes every object to disk, then replaces the manifest. */
-export async function publishManifest(storage: RepositoryStorage, sink: ObjectSink, keys: SigningKeys, m: ManifestInput): Promise<Manifest> {
+/**
+ * Stores the certificate object, flushes every object to disk, then replaces the manifest, unless
+ * `lock` was taken over meanwhile (CVMFS_REPO_LOCKED; the previous revision stays).
+ */
+export async function publishManifest(storage: RepositoryStorage, lock: WriterLock, sink: ObjectSink, keys: SigningKeys, m: ManifestInput): Promise<Manifest> {
   const cert = encodeObject(Buffer.from(keys.certPem, 'utf8'), 'X', m.algo);
   await sink.put(cert.path, cert.stored);
   await sink.drain();
@@ -39,6 +45,8 @@ export async function publishManifest(storage: RepositoryStorage, sink: ObjectSi
     revision: m.revision, garbageCollectable: false, alternativeNames: false, fqrn: m.fqrn,
     certificateHash: cert.textual, publishTime: m.publishTime,
   };
-  await storage.putLetter(MANIFEST_FILE, signManifest(manifestBody(manifest), m.algo, keys.certKey));
+  const signed = signManifest(manifestBody(manifest), m.algo, keys.certKey);
+  await lock.verify();
+  await storage.putLetter(MANIFEST_FILE, signed);
   return manifest;
 }

@@ -24,7 +24,8 @@ import { readLayer, type LayerReadStats } from './layer-reader.js';
 import { ObjectSink, type SinkStats } from './object-sink.js';
 import { publishManifest, publishWhitelist } from './publish.js';
 import { loadState, MANIFEST_FILE, stageCatalog, type RepositoryState } from './repository-state.js';
-import type { RepositoryStorage } from './storage.js';
+import type { RepositoryStorage, WriterLock } from './storage.js';
+import { NAME_MAX_BYTES, PATH_MAX_BYTES } from './tree.js';
 
 export const WRITABLE_HASH_ALGOS: readonly HashAlgo[] = ['sha1', 'shake128'];
 const FQRN_PATTERN = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$/;
@@ -37,24 +38,90 @@ async function withScratch<T>(fn: (dir: string) => Promise<T>): Promise<T> {
   try { return await fn(dir); } finally { await fs.rm(dir, { recursive: true, force: true }); }
 }
 
-async function underLock<T>(storage: RepositoryStorage, what: string, fn: () => Promise<T>): Promise<T> {
+async function underLock<T>(storage: RepositoryStorage, what: string, fn: (lock: WriterLock) => Promise<T>): Promise<T> {
   const lock = await storage.lock(what);
   try {
     await storage.sweepStaging();
-    return await fn();
+    return await fn(lock);
   } finally {
     await lock.release();
   }
 }
 
-/** Normalises a repository path: absolute, no trailing slash, no `.`/`..`/empty components. */
+/** A string for messages: NULs shown as \0, long ones cut after `max` characters. */
+function shown(s: string, max = 60): string {
+  const v = s.replace(/\0/g, '\\0');
+  return v.length > max ? `${v.slice(0, max)}…` : v;
+}
+
+/**
+ * Normalises a repository path: absolute, no trailing slash, no `.`/`..`/empty components, at
+ * most NAME_MAX_BYTES per component and PATH_MAX_BYTES in all (what a Linux client can look up).
+ */
 export function normalizeRepoPath(p: string): string {
-  if (!p.startsWith('/')) throw new CvmfsError('CVMFS_BAD_ARGUMENT', `repository path "${p}" must be absolute (start with /)`);
+  if (!p.startsWith('/')) throw new CvmfsError('CVMFS_BAD_ARGUMENT', `repository path "${shown(p)}" must be absolute (start with /)`);
   const parts = p.split('/').filter((c) => c !== '');
   for (const c of parts) {
-    if (c === '.' || c === '..' || c.includes('\0')) throw new CvmfsError('CVMFS_BAD_ARGUMENT', `repository path "${p}" contains "${c}"`);
+    if (c === '.' || c === '..' || c.includes('\0')) throw new CvmfsError('CVMFS_BAD_ARGUMENT', `repository path "${shown(p)}" contains "${shown(c)}"`);
+    const n = Buffer.byteLength(c);
+    if (n > NAME_MAX_BYTES) {
+      throw new CvmfsError('CVMFS_BAD_ARGUMENT', `repository path "${shown(p)}": the name "${shown(c, 40)}" is ${n} bytes; at most ${NAME_MAX_BYTES}`);
+    }
   }
-  return parts.length ? '/' + parts.join('/') : '';
+  const normal = parts.length ? '/' + parts.join('/') : '';
+  const n = Buffer.byteLength(normal);
+  if (n > PATH_MAX_BYTES) throw new CvmfsError('CVMFS_BAD_ARGUMENT', `repository path "${shown(p)}" is ${n} bytes; at most ${PATH_MAX_BYTES}`);
+  return normal;
+}
+
+/**
+ * Where `p` really is: absolute, with every symlink along it resolved, including dangling ones and
+ * those met inside symlink targets. The part that does not exist yet is appended as it is, as
+ * `mkdir -p` would create it. (Lexical normalisation first, as the writer's own paths get it.)
+ */
+async function physicalPath(p: string): Promise<string> {
+  const pending = path.resolve(p).split('/');
+  let cur = '/';
+  let links = 0;
+  let missing = false;
+  while (pending.length) {
+    const c = pending.shift()!;
+    if (c === '' || c === '.') continue;
+    if (c === '..') { cur = path.dirname(cur); continue; }
+    const next = path.join(cur, c);
+    if (!missing) {
+      const st = await fs.lstat(next).catch(() => undefined);
+      if (st === undefined) missing = true;
+      else if (st.isSymbolicLink()) {
+        if (++links > 40) throw new CvmfsError('CVMFS_BAD_ARGUMENT', `${p}: too many levels of symbolic links`);
+        const target = await fs.readlink(next);
+        pending.unshift(...target.split('/'));
+        if (target.startsWith('/')) cur = '/';
+        continue;
+      }
+    }
+    cur = next;
+  }
+  return cur;
+}
+
+const within = (inner: string, outer: string): boolean =>
+  inner === outer || inner.startsWith(outer.endsWith(path.sep) ? outer : outer + path.sep);
+
+/**
+ * Refuses a key directory inside the served tree, following symlinks on either side (a key
+ * directory reached through a symlink into the tree, or a tree reached through a symlink). A tree
+ * inside the key directory is allowed: the keys then sit above what is served, not in it.
+ */
+async function checkKeysNotServed(storage: RepositoryStorage, keysDir: string): Promise<void> {
+  if (storage.localDir === undefined) return;
+  const [keys, served] = await Promise.all([physicalPath(keysDir), physicalPath(storage.localDir)]);
+  if (within(keys, served)) {
+    const real = [[keysDir, keys], [storage.localDir, served]].filter(([given, is]) => path.resolve(given!) !== is);
+    const via = real.length ? ` (through symlinks: ${real.map(([given, is]) => `${given} is ${is}`).join(', ')})` : '';
+    throw new CvmfsError('CVMFS_BAD_ARGUMENT',
+      `the key directory ${path.resolve(keysDir)} lies inside the served tree ${storage.location}${via}; private keys must never be served: move them out of the tree`);
+  }
 }
 
 /** The certificate must be listed in the current whitelist, or clients would reject the revision. */
@@ -87,15 +154,12 @@ export async function initRepository(o: InitOptions): Promise<RepositoryState> {
     throw new CvmfsError('CVMFS_BAD_ARGUMENT', `"${o.fqrn}" is not a fully qualified repository name (like sw.example.org)`);
   }
   const now = (o.clock ?? systemClock).now();
+  await checkKeysNotServed(o.storage, o.keysDir); // before anything is created
   await o.storage.init();
   if (await o.storage.get(MANIFEST_FILE)) throw new CvmfsError('CVMFS_REPO_EXISTS', `${o.storage.location} already holds a repository`);
-  const keysAbs = path.resolve(o.keysDir);
-  if (keysAbs === o.storage.location || keysAbs.startsWith(o.storage.location + path.sep)) {
-    throw new CvmfsError('CVMFS_BAD_ARGUMENT', `the key directory ${keysAbs} lies inside the served tree ${o.storage.location}; private keys must never be served`);
-  }
-  return underLock(o.storage, 'cvmfs-repo init', () => withScratch(async (scratch) => {
+  return underLock(o.storage, 'cvmfs-repo init', (lock) => withScratch(async (scratch) => {
     const keys = await generateKeys(o.keysDir, o.fqrn, now);
-    await publishWhitelist(o.storage, o.fqrn, keys, algo, now);
+    await publishWhitelist(o.storage, lock, o.fqrn, keys, algo, now);
     const sink = new ObjectSink(o.storage);
     const empty = encodeObject(new Uint8Array(0), '', algo);
     await sink.put(empty.path, empty.stored);
@@ -113,7 +177,7 @@ export async function initRepository(o: InitOptions): Promise<RepositoryState> {
     const bytes = await fs.readFile(file);
     const root = encodeObject(bytes, 'C', algo);
     await sink.put(root.path, root.stored);
-    await publishManifest(o.storage, sink, keys, {
+    await publishManifest(o.storage, lock, sink, keys, {
       fqrn: o.fqrn, algo, rootHash: root.textual, rootSize: BigInt(bytes.length), revision: 1, publishTime: nowSeconds });
     return loadState(o.storage);
   }));
@@ -146,7 +210,8 @@ export interface IngestResult {
 export async function ingest(o: IngestOptions): Promise<IngestResult> {
   const mountPath = normalizeRepoPath(o.path);
   if (mountPath === '') throw new CvmfsError('CVMFS_BAD_ARGUMENT', 'ingest needs a path below the repository root, such as /layers/<digest>');
-  return underLock(o.storage, `cvmfs-repo ingest ${mountPath}`, () => withScratch(async (scratch) => {
+  await checkKeysNotServed(o.storage, o.keysDir);
+  return underLock(o.storage, `cvmfs-repo ingest ${mountPath}`, (lock) => withScratch(async (scratch) => {
     const state = await loadState(o.storage);
     const keys = await loadSigningKeys(o.keysDir, state.manifest.fqrn);
     checkCertificateListed(state, keys, o.keysDir);
@@ -170,7 +235,7 @@ export async function ingest(o: IngestOptions): Promise<IngestResult> {
       const revision = state.manifest.revision + 1;
       const root = await applyGraft(ctx, plan, { hash: catalogHash, size: BigInt(bytes.length), rootEntry: built.rootEntry, totals: built.self }, revision);
       const rootTtl = state.manifest.ttlSeconds || DEFAULT_TTL_SECONDS;
-      await publishManifest(o.storage, sink, keys, {
+      await publishManifest(o.storage, lock, sink, keys, {
         fqrn: state.manifest.fqrn, algo, rootHash: root.hash, rootSize: root.size, revision, ttlSeconds: rootTtl, publishTime });
       return { fqrn: state.manifest.fqrn, revision, rootHash: root.hash, catalogHash, layer: stats, objects: sink.stats, counters: built.self };
     } finally {
@@ -184,7 +249,8 @@ export async function ingest(o: IngestOptions): Promise<IngestResult> {
 // ---------------------------------------------------------------------------------------------
 
 export async function resign(o: { storage: RepositoryStorage; keysDir: string; days?: number; clock?: Clock }): Promise<Date> {
-  return underLock(o.storage, 'cvmfs-repo resign', async () => {
+  await checkKeysNotServed(o.storage, o.keysDir);
+  return underLock(o.storage, 'cvmfs-repo resign', async (lock) => {
     const state = await loadState(o.storage);
     const fqrn = state.manifest.fqrn;
     const [signing, master] = await Promise.all([loadSigningKeys(o.keysDir, fqrn), loadMasterKeys(o.keysDir, fqrn)]);
@@ -192,7 +258,7 @@ export async function resign(o: { storage: RepositoryStorage; keysDir: string; d
       throw new CvmfsError('CVMFS_KEYS_MISMATCH', `the certificate in ${o.keysDir} is not the one that signed the current manifest of ${fqrn}`);
     }
     const now = (o.clock ?? systemClock).now();
-    await publishWhitelist(o.storage, fqrn, { ...signing, ...master }, state.algo, now, o.days);
+    await publishWhitelist(o.storage, lock, fqrn, { ...signing, ...master }, state.algo, now, o.days);
     return whitelistExpiresAt((await loadState(o.storage)).whitelist);
   });
 }

@@ -6,11 +6,21 @@
  */
 export interface ObjectStats { readonly count: number; readonly bytes: number }
 
-export interface WriterLock { release(): Promise<void> }
+export interface WriterLock {
+  /**
+   * Fails with CVMFS_REPO_LOCKED unless this lock is still the one in place. Called right before
+   * each letter is written, so a writer whose lock was taken over never publishes.
+   */
+  verify(): Promise<void>;
+  /** Removes the lock if it is still this one (never another writer's). Idempotent. */
+  release(): Promise<void>;
+}
 
 export interface RepositoryStorage {
   /** Human-readable location, for messages. */
   readonly location: string;
+  /** The local directory that is served, when there is one (to keep private keys out of it). */
+  readonly localDir?: string;
   /** Creates the skeleton (`data/00`…`data/ff`, staging area). Idempotent. */
   init(): Promise<void>;
   /** Bytes of a served file (letter or `data/…` object), or undefined when absent. */
