@@ -7,7 +7,7 @@ SHELL := /bin/bash
 # docker.io (20.10, dockerd) and busybox-static for the end-to-end tests.
 APT_PACKAGES := g++ make python3 tar gzip openssl coreutils libfuse2 fuse attr docker.io busybox-static
 
-.PHONY: deps apt build test demo bench clean plugin
+.PHONY: deps apt build test demo bench clean plugin fuzz
 
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -45,3 +45,15 @@ clean:
 PLUGIN_NAME ?= cvmfs
 plugin: build
 	PLUGIN_NAME=$(PLUGIN_NAME) bash scripts/build-plugin.sh
+
+# Property-based hostile tars (test/fuzz) against ApplyDiff and the writer, with many more cases
+# than the fixed-seed run of `make test`: FUZZ_RUNS cases (the slower writer and stream properties
+# run a fixed fraction of them), under a fresh seed unless FUZZ_SEED is given. A failure prints
+# fast-check's seed, path and shrunk counterexample; replay it with FUZZ_SEED=… FUZZ_PATH=….
+FUZZ_RUNS ?= 2000
+fuzz: deps
+	@seed=$${FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
+	echo "fuzz: FUZZ_SEED=$$seed FUZZ_RUNS=$(FUZZ_RUNS)"; \
+	FUZZ_SEED=$$seed FUZZ_RUNS=$(FUZZ_RUNS) npx tap --timeout=0 --reporter=tap test/fuzz; status=$$?; \
+	echo "fuzz: seed $$seed, $(FUZZ_RUNS) runs (re-run: make fuzz FUZZ_SEED=$$seed FUZZ_RUNS=$(FUZZ_RUNS))"; \
+	exit $$status

@@ -1,12 +1,11 @@
 #!/usr/bin/env node
 /** `cvmfs-repo`: create, fill, re-sign, inspect and serve a CernVM-FS repository. */
-import { createReadStream } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { open, readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
-import { isCvmfsError, messageOf } from './errors.js';
+import { CodedError, CvmfsError, messageOf } from './errors.js';
 import { parseHashAlgo } from './format/hash.js';
 import { openRepository } from './reader/repository.js';
 import { serveRepository } from './server/http-server.js';
@@ -26,9 +25,23 @@ const USAGE = `usage:
 
 R is the served repository tree, K the key directory (kept outside R).
 ingest reads a tar stream (plain, gzip or zstd) from FILE or standard input.
-mount serves the repository read-only through FUSE until SIGINT or SIGTERM.`;
+mount serves the repository read-only through FUSE until SIGINT or SIGTERM.
+cat and ls cache in $XDG_CACHE_HOME/cvmfs-graphdriver/FQRN (else ~/.cache/…) without --cache;
+a cache directory must be private to its owner.`;
 
 class UsageError extends Error {}
+
+/**
+ * The per-user cache of `cat` and `ls`: $XDG_CACHE_HOME/cvmfs-graphdriver/<fqrn>, else
+ * ~/.cache/cvmfs-graphdriver/<fqrn>. Private to the user (the cache creates it 0700 and refuses
+ * one another user could write), never a shared path in /tmp.
+ */
+function defaultCacheDir(fqrn: string, env: NodeJS.ProcessEnv): string {
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(fqrn)) throw new UsageError(`--name "${fqrn}" is not a repository name`);
+  const xdg = env.XDG_CACHE_HOME;
+  const base = xdg && path.isAbsolute(xdg) ? xdg : path.join(os.homedir(), '.cache');
+  return path.join(base, 'cvmfs-graphdriver', fqrn);
+}
 
 function need(v: string | undefined, flag: string): string {
   if (v === undefined || v === '') throw new UsageError(`missing --${flag}`);
@@ -62,7 +75,7 @@ async function main(argv: string[]): Promise<number> {
     const publicKeys = await Promise.all(pubkeys.map(async (f) => ({ name: f, pem: await readFile(f, 'utf8').catch((err: Error) => {
       throw new UsageError(`cannot read public key ${f}: ${err.message}`);
     }) })));
-    const cacheDir = v.cache ?? cacheDefault ?? path.join(os.tmpdir(), `cvmfs-cache-${fqrn}`);
+    const cacheDir = v.cache ?? cacheDefault ?? defaultCacheDir(fqrn, process.env);
     return openRepository({
       fqrn, servers: need(v.url, 'url').split(/[,;]/), publicKeys, cacheDir,
       ...(v.quota ? { quotaBytes: Number(v.quota) * 1024 * 1024 } : {}), ...(v.proxy ? { proxy: v.proxy } : {}),
@@ -79,7 +92,9 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'ingest': {
       const file = positionals[0] ?? '-';
-      const input = file === '-' ? process.stdin : createReadStream(file);
+      // Opened before anything else, so a missing FILE fails as an error here rather than as an
+      // unhandled 'error' event on a stream nobody reads yet.
+      const input = file === '-' ? process.stdin : (await open(file, 'r')).createReadStream();
       const t0 = process.hrtime.bigint();
       const r = await ingest({ storage: storage(), keysDir: need(v.keys, 'keys'), path: need(v.path, 'path'), input,
         ...(v.threads ? { threads: Number(v.threads) } : {}) });
@@ -130,13 +145,22 @@ async function main(argv: string[]): Promise<number> {
       if (!mountpoint) throw new UsageError('missing MOUNTPOINT');
       const repo = await client(need(v.cache, 'cache'));
       const { mountRepository } = await import('./fuse/mount.js');
-      const m = await mountRepository(repo, { mountpoint, ...(v.debug ? { debug: true } : {}), ...(v['allow-other'] ? { allowOther: true } : {}),
+      let m: Awaited<ReturnType<typeof mountRepository>>;
+      try {
+        m = await mountRepository(repo, { mountpoint, ...(v.debug ? { debug: true } : {}), ...(v['allow-other'] ? { allowOther: true } : {}),
         log: (l) => console.error(l) });
+      } catch (err) {
+        await repo.close(); // its worker threads would keep the process alive
+        throw err;
+      }
       console.log(`mounted ${repo.fqrn} revision ${repo.revision} at ${mountpoint}${repo.isOffline ? ' (offline)' : ''}`);
-      await new Promise<void>((resolve) => { for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => resolve()); });
+      const why = await new Promise<string>((resolve) => {
+        for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => resolve(sig));
+        void m.gone.then(() => resolve('unmounted from outside'));
+      });
       await m.unmount();
       await repo.close();
-      console.log(`unmounted ${mountpoint}`);
+      console.log(`unmounted ${mountpoint} (${why})`);
       return 0;
     }
     case 'cat': {
@@ -163,11 +187,17 @@ async function main(argv: string[]): Promise<number> {
 
 main(process.argv.slice(2)).then((code) => { process.exitCode = code; }, (err: unknown) => {
   if (err instanceof UsageError || (err instanceof TypeError && (err as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS'))) {
-    console.error(`cvmfs-repo: ${err.message}\n\n${USAGE}`);
+    console.error(`cvmfs-repo: CVMFS_BAD_ARGUMENT: ${err.message}\n\n${USAGE}`);
     process.exitCode = 2;
     return;
   }
-  console.error(`cvmfs-repo: ${messageOf(err)}`);
-  if (!isCvmfsError(err) && err instanceof Error && err.stack) console.error(err.stack);
+  // Every printed error carries a code: an uncoded one (a raw errno error from fs, a bug) is
+  // wrapped, keeping its cause, and a bug also gets its stack.
+  const errno = err instanceof Error ? (err as NodeJS.ErrnoException).code : undefined;
+  const coded = err instanceof CodedError ? err
+    : typeof errno === 'string' && /^E[A-Z0-9]+$/.test(errno) ? new CvmfsError('CVMFS_IO_FAILED', messageOf(err), { cause: err })
+    : new CvmfsError('CVMFS_INTERNAL', `${messageOf(err)} (a bug: please report it with the stack below)`, { cause: err });
+  console.error(`cvmfs-repo: ${coded.message}`);
+  if (coded.code === 'CVMFS_INTERNAL' && err instanceof Error && err.stack) console.error(err.stack);
   process.exitCode = 1;
 });

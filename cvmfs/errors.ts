@@ -60,7 +60,9 @@ export type CvmfsErrorCode =
   | 'CVMFS_NO_XATTR'
   | 'CVMFS_CACHE_FAILED'
   | 'CVMFS_CACHE_UNSAFE'
-  | 'CVMFS_CLOSED';
+  | 'CVMFS_CLOSED'
+  | 'CVMFS_IO_FAILED'
+  | 'CVMFS_INTERNAL';
 
 const KIND_OF: Readonly<Record<CvmfsErrorCode, ErrorKind>> = {
   CVMFS_BAD_ARGUMENT: 'invalid-input',
@@ -110,6 +112,10 @@ const KIND_OF: Readonly<Record<CvmfsErrorCode, ErrorKind>> = {
   CVMFS_CACHE_FAILED: 'unavailable',
   CVMFS_CACHE_UNSAFE: 'invalid-input',
   CVMFS_CLOSED: 'unavailable',
+  /** A system call failed outside the coded paths (e.g. a CLI input file): wraps the errno error. */
+  CVMFS_IO_FAILED: 'unavailable',
+  /** Anything else uncoded that reached an edge: a bug. */
+  CVMFS_INTERNAL: 'internal',
 };
 
 /** Base of every folder's error class: a stable code, its kind, and a message led by the code. */

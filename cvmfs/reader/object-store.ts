@@ -4,8 +4,8 @@
  * hash matches and the inflated size equals the size the catalog promised. Concurrent requests
  * for one object share one download.
  */
-import { createWriteStream } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
+import { constants as fsc } from 'node:fs';
+import { open, writeFile } from 'node:fs/promises';
 import { PassThrough, Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createInflate, inflateSync } from 'node:zlib';
@@ -16,6 +16,8 @@ import { objectPath, type ObjectSuffix } from '../format/object.js';
 import type { ObjectCache } from './cache.js';
 import type { Fetcher } from './fetcher.js';
 
+/** Scratch files are ours (created exclusively by the cache); never written through a symlink. */
+const WRITE_NOFOLLOW = fsc.O_WRONLY | fsc.O_TRUNC | fsc.O_NOFOLLOW;
 /** Catalogs and certificates carry no size in their parent; bound what they may inflate to. */
 export const MAX_UNSIZED_OBJECT_BYTES = 2 * 1024 * 1024 * 1024;
 /** Objects up to this size are read whole into memory, the common case for container files. */
@@ -101,12 +103,13 @@ export class ObjectStore {
   }
 
   private async commitBytes(hash: string, rel: string, data: Buffer): Promise<string> {
-    const tmp = this.cache.tempFile();
+    let tmp: string | undefined;
     try {
-      await writeFile(tmp, data);
+      tmp = this.cache.tempFile();
+      await writeFile(tmp, data, { flag: WRITE_NOFOLLOW });
       return await this.cache.commit(hash, tmp, data.length);
     } catch (err) {
-      await this.cache.abort(tmp);
+      if (tmp !== undefined) await this.cache.abort(tmp);
       throw new CvmfsError('CVMFS_CACHE_FAILED', `cannot store object ${rel} in the cache: ${(err as Error).message}`, { cause: err });
     }
   }
@@ -145,7 +148,7 @@ export class ObjectStore {
 
   private async readSmall(ref: ObjectRef & { size: bigint }): Promise<Buffer> {
     if (this.cache.lookup(ref.hash)) {
-      const data = await readFile(this.cache.pathOf(ref.hash));
+      const data = await this.cache.readObject(ref.hash);
       if (BigInt(data.length) === ref.size) { this.remember(ref.hash, data); return data; }
     }
     const { algo, digest } = parseTextualHash(ref.hash);
@@ -191,7 +194,7 @@ export class ObjectStore {
       const tap = new Transform({ transform(c: Buffer, _e, cb) { hasher.update(c); raw += c.length; cb(null, c); } });
       const limit = new Limit(max, rel);
       try {
-        await pipeline(body, tap, ref.compressed ? createInflate({ chunkSize: INFLATE_CHUNK_BYTES }) : new PassThrough(), limit, createWriteStream(tmp));
+        await pipeline(body, tap, ref.compressed ? createInflate({ chunkSize: INFLATE_CHUNK_BYTES }) : new PassThrough(), limit, (await open(tmp, WRITE_NOFOLLOW)).createWriteStream());
       } catch (err) {
         await this.cache.abort(tmp);
         if (isCvmfsError(err)) { this.metrics.hashMismatches++; throw err; }

@@ -5,8 +5,11 @@
  *     when it has run out, a manifest check starts in the background and the operation goes on
  *     with the current revision. A newer verified revision replaces the catalog tree for later
  *     operations; inode numbers continue above the old tree's range.
- *   - When no server answers, the last verified revision (breadcrumb + cached catalogs) is served
- *     (offline mode), and the check is retried after the TTL.
+ *   - The signed letters of the revision in use are kept in the cache and verified again whenever
+ *     they are used: at open, a cached revision newer than the servers' (by publish time) is kept
+ *     (rollback protection), and when no server answers it is served (offline mode) from the
+ *     cached catalogs, the check being retried after the TTL. Unsigned local state (the stock
+ *     breadcrumb) never decides which revision is served.
  *   - Regular files: whole objects are fetched into the cache on open; chunked files fetch a chunk
  *     on the first read that touches it and read ahead the next ones in parallel.
  */
@@ -23,7 +26,7 @@ import { ObjectCache } from './cache.js';
 import { CatalogTree, type Dirent } from './catalog-tree.js';
 import { Fetcher, parseProxyList } from './fetcher.js';
 import { ObjectStore, SMALL_OBJECT_BYTES } from './object-store.js';
-import { fetchTrustedRevision, type MasterKey } from './trust.js';
+import { checkCertificateListed, fetchTrustedRevision, verifyLetters, type Letters, type MasterKey, type TrustContext, type TrustedRevision } from './trust.js';
 
 export type { Dirent } from './catalog-tree.js';
 
@@ -38,7 +41,14 @@ export interface RepositoryOptions {
   readonly cacheDir: string;
   readonly quotaBytes?: number;
   readonly maxTtlSeconds?: number;
+  /** Response headers and the longest silence within a body (CVMFS_TIMEOUT); default 10 s. */
   readonly timeoutMs?: number;
+  /** Transfers slower than this over `lowSpeedWindowMs` fail over (CVMFS_LOW_SPEED_LIMIT); 0 disables; default 1024. */
+  readonly lowSpeedLimitBytesPerSecond?: number;
+  /** Default `timeoutMs`. */
+  readonly lowSpeedWindowMs?: number;
+  /** Longest one attempt at one object may take; 0 disables; default 10 min. */
+  readonly deadlineMs?: number;
   readonly maxRetries?: number;
   readonly backoffInitMs?: number;
   /** Variables for `$(VAR)` / `$(VAR:-default)` in symlink targets; `expandSymlinks: false` keeps targets verbatim. */
@@ -93,6 +103,15 @@ export function expandSymlinkVariables(target: string, env: Readonly<Record<stri
   return target.replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)(?::-([^)]*))?\)/g, (_m, name: string, def?: string) => env[name] ?? def ?? '');
 }
 
+/** True when `a` was published after `b` (publish time, then revision). */
+function publishedAfter(a: { publishTime: number; revision: number }, b: { publishTime: number; revision: number }): boolean {
+  return a.publishTime > b.publishTime || (a.publishTime === b.publishTime && a.revision > b.revision);
+}
+
+function sameLetters(a: Letters, b: Letters): boolean {
+  return a.manifest.equals(b.manifest) && a.whitelist.equals(b.whitelist) && a.certificate.equals(b.certificate);
+}
+
 function substituteServer(url: string, fqrn: string): string {
   return url.replace(/@fqrn@/g, fqrn).replace(/@org@/g, fqrn.split('.')[0]!);
 }
@@ -115,6 +134,8 @@ export class Repository {
     private readonly keys: readonly MasterKey[],
     private state: { revision: number; rootHash: string; publishTime: number },
     tree: CatalogTree, offline: boolean, whitelistExpiry: string,
+    /** The letters of `state`, as stored in the cache. */
+    private letters: Letters,
   ) {
     this.tree = tree;
     this.offline = offline;
@@ -141,33 +162,62 @@ export class Repository {
     const fetcher = new Fetcher({
       servers: o.servers.map((s) => substituteServer(s, o.fqrn)), proxies: parseProxyList(o.proxy),
       ...(o.timeoutMs !== undefined ? { timeoutMs: o.timeoutMs } : {}),
+      ...(o.lowSpeedLimitBytesPerSecond !== undefined ? { lowSpeedLimitBytesPerSecond: o.lowSpeedLimitBytesPerSecond } : {}),
+      ...(o.lowSpeedWindowMs !== undefined ? { lowSpeedWindowMs: o.lowSpeedWindowMs } : {}),
+      ...(o.deadlineMs !== undefined ? { deadlineMs: o.deadlineMs } : {}),
       ...(o.maxRetries !== undefined ? { maxRetries: o.maxRetries } : {}),
       ...(o.backoffInitMs !== undefined ? { backoffInitMs: o.backoffInitMs } : {}),
     });
     const store = new ObjectStore(fetcher, cache);
-    const now = o.clock?.now() ?? new Date();
-    const crumb = await cache.readBreadcrumb(o.fqrn);
-    let state: { revision: number; rootHash: string; publishTime: number; rootSize?: bigint };
-    let offline = false;
-    let whitelistExpiry = '';
+    const trust: TrustContext = { fqrn: o.fqrn, masterKeys: keys, now: o.clock?.now() ?? new Date() };
     try {
-      const t = await fetchTrustedRevision({ fetcher, store, fqrn: o.fqrn, masterKeys: keys, now });
-      state = { revision: t.manifest.revision, rootHash: t.manifest.rootHash, publishTime: t.manifest.publishTime,
-        ...(t.manifest.rootCatalogSize !== undefined ? { rootSize: t.manifest.rootCatalogSize } : {}) };
-      whitelistExpiry = t.whitelist.expires;
-      if (crumb && crumb.publishTime > state.publishTime) {
-        o.log?.(`${o.fqrn}: servers publish revision ${state.revision}, older than the cached revision ${crumb.revision}; keeping the cached one`);
-        state = crumb;
+      const cached = await Repository.cachedRevision(cache, trust, o.log);
+      let chosen: TrustedRevision;
+      let offline = false;
+      try {
+        chosen = await fetchTrustedRevision({ fetcher, store, ...trust });
+        if (cached && publishedAfter(cached.manifest, chosen.manifest)) {
+          try {
+            // Still vouched for: the certificate that signed the cached revision is in the current whitelist.
+            checkCertificateListed(chosen.whitelist, cached.certificate, o.fqrn);
+            o.log?.(`${o.fqrn}: servers publish revision ${chosen.manifest.revision}, older than the cached signed revision ${cached.manifest.revision}; keeping the cached one`);
+            chosen = cached;
+          } catch (err) {
+            o.log?.(`${o.fqrn}: not keeping the cached revision ${cached.manifest.revision}: ${(err as Error).message}`);
+          }
+        }
+      } catch (err) {
+        if (!(isCvmfsError(err) && err.kind === 'unavailable' && cached && cache.lookup(cached.manifest.rootHash))) throw err;
+        o.log?.(`${o.fqrn}: no server answers; serving cached revision ${cached.manifest.revision} offline (its letters verified again` +
+          `${cached.whitelistExpired ? `; its whitelist expired at ${cached.whitelist.expires} UTC, accepted offline` : ''})`);
+        chosen = cached;
+        offline = true;
       }
+      const m = chosen.manifest;
+      const tree = await CatalogTree.open(Repository.loader(store), m.rootHash, 255, m.rootCatalogSize);
+      if (!cached || !sameLetters(cached.letters, chosen.letters)) await cache.writeLetters(o.fqrn, chosen.letters);
+      return new Repository(o.fqrn, o, fetcher, store, keys, { revision: m.revision, rootHash: m.rootHash, publishTime: m.publishTime },
+        tree, offline, chosen.whitelist.expires, chosen.letters);
     } catch (err) {
-      if (!(isCvmfsError(err) && err.kind === 'unavailable' && crumb && cache.lookup(crumb.rootHash))) { fetcher.close(); throw err; }
-      o.log?.(`${o.fqrn}: no server answers; serving cached revision ${crumb.revision} offline`);
-      state = crumb;
-      offline = true;
+      fetcher.close();
+      await store.close();
+      throw err;
     }
-    const tree = await CatalogTree.open(Repository.loader(store), state.rootHash, 255, state.rootSize);
-    await cache.writeBreadcrumb(o.fqrn, state);
-    return new Repository(o.fqrn, o, fetcher, store, keys, state, tree, offline, whitelistExpiry);
+  }
+
+  /**
+   * The revision whose letters the cache holds, verified again now (an expired whitelist is
+   * accepted: it was unexpired when the letters were stored); undefined when there is none or it
+   * does not verify with the configured keys, e.g. a cache filled from another repository.
+   */
+  private static async cachedRevision(cache: ObjectCache, trust: TrustContext, log?: (line: string) => void): Promise<TrustedRevision | undefined> {
+    try {
+      const letters = await cache.readLetters(trust.fqrn);
+      return letters && verifyLetters(letters, { ...trust, acceptExpired: true });
+    } catch (err) {
+      log?.(`${trust.fqrn}: ignoring the cached revision: ${(err as Error).message}`);
+      return undefined;
+    }
   }
 
   private static loader(store: ObjectStore) {
@@ -201,13 +251,19 @@ export class Repository {
         this.offline = false;
         this.whitelistExpiry = t.whitelist.expires;
         const m = t.manifest;
+        if (m.rootHash === this.state.rootHash && !publishedAfter(this.state, m) && !sameLetters(t.letters, this.letters)) {
+          // The same revision, re-signed (e.g. a fresh whitelist): keep the newer letters for offline use.
+          await this.store.cache.writeLetters(this.fqrn, t.letters);
+          this.letters = t.letters;
+        }
         if (m.rootHash === this.state.rootHash || m.publishTime < this.state.publishTime || m.revision <= this.state.revision) return false;
         const tree = await CatalogTree.open(Repository.loader(this.store), m.rootHash, this.tree.inodeHighWater, m.rootCatalogSize);
         const old = this.tree;
         this.tree = tree;
         this.state = { revision: m.revision, rootHash: m.rootHash, publishTime: m.publishTime };
         this.ttlSeconds = this.effectiveTtl();
-        await this.store.cache.writeBreadcrumb(this.fqrn, this.state);
+        await this.store.cache.writeLetters(this.fqrn, t.letters);
+        this.letters = t.letters;
         setTimeout(() => old.close(), OLD_TREE_GRACE_MS).unref();
         this.o.log?.(`${this.fqrn}: switched to revision ${m.revision}`);
         return true;
@@ -307,10 +363,10 @@ export class Repository {
         close: async () => {},
       };
     }
-    const file = await this.store.get({ hash, suffix: '', compressed: d.compressed, size: d.size });
+    await this.store.get({ hash, suffix: '', compressed: d.compressed, size: d.size });
     this.store.cache.pin(hash);
     let fh: fs.FileHandle;
-    try { fh = await fs.open(file, 'r'); } catch (err) { this.store.cache.unpin(hash); throw err; }
+    try { fh = await this.store.cache.openObject(hash); } catch (err) { this.store.cache.unpin(hash); throw err; }
     let closed = false;
     return {
       dirent: d,
@@ -331,7 +387,7 @@ export class Repository {
     const handleOf = (i: number): Promise<fs.FileHandle> => {
       let h = open.get(i);
       if (!h) {
-        h = fetchChunk(i).then((file) => { this.store.cache.pin(hashOf(chunks[i]!)); return fs.open(file, 'r'); });
+        h = fetchChunk(i).then(() => { this.store.cache.pin(hashOf(chunks[i]!)); return this.store.cache.openObject(hashOf(chunks[i]!)); });
         h.catch(() => open.delete(i));
         open.set(i, h);
         if (open.size > OPEN_CHUNKS_PER_HANDLE) {
