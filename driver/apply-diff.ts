@@ -27,7 +27,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import tar from 'tar-stream';
-import { checkEntry, EndMarkerTap, installPaxDecoder, type CheckedEntry, type TarFail, type TarViolation } from '../cvmfs/tar/index.js';
+import { checkEntry, EndMarkerTap, installPaxDecoder, refuseEntriesAfterEndMarker, type CheckedEntry, type TarFail, type TarViolation } from '../cvmfs/tar/index.js';
 import { DriverError, type DriverErrorCode } from './errors.js';
 import { IdMapping } from './id-map.js';
 import { chmodNoFollow, createExclusive } from './safe-fs.js';
@@ -40,7 +40,7 @@ export const DEFAULT_APPLY_IDLE_TIMEOUT_MS = 120_000;
 const TAR_CODES: Readonly<Record<TarViolation, DriverErrorCode>> = {
   'path-escape': 'DRIVER_TAR_PATH_ESCAPE', 'bad-whiteout': 'DRIVER_TAR_BAD_WHITEOUT', 'bad-name': 'DRIVER_TAR_BAD_ENTRY',
   'name-too-long': 'DRIVER_TAR_BAD_ENTRY', 'path-too-long': 'DRIVER_TAR_BAD_ENTRY', 'bad-owner': 'DRIVER_TAR_BAD_ENTRY',
-  'bad-xattr': 'DRIVER_TAR_BAD_ENTRY', 'unsupported-type': 'DRIVER_TAR_CORRUPT',
+  'bad-xattr': 'DRIVER_TAR_BAD_ENTRY', 'bad-time': 'DRIVER_TAR_BAD_ENTRY', 'unsupported-type': 'DRIVER_TAR_CORRUPT',
 };
 const tarFail: TarFail = (v, message) => new DriverError(TAR_CODES[v], message);
 
@@ -59,9 +59,8 @@ async function mknod(p: string, type: 'c' | 'b' | 'p', major = 0, minor = 0): Pr
   await run('mknod', args);
 }
 
-async function lexists(p: string): Promise<boolean> {
-  return fs.lstat(p).then(() => true, () => false);
-}
+/** Errors of a metadata or link call that the entry itself caused. */
+const ENTRY_ERRNOS: ReadonlySet<string> = new Set(['EPERM', 'EINVAL', 'ENOTDIR', 'EISDIR', 'EEXIST', 'ENAMETOOLONG', 'EMLINK', 'ENOTSUP', 'EOPNOTSUPP', 'ERANGE', 'E2BIG', 'ENOTEMPTY']);
 
 async function emptyDir(dir: string): Promise<void> {
   for (const n of await fs.readdir(dir)) await fs.rm(path.join(dir, n), { recursive: true, force: true });
@@ -78,6 +77,7 @@ export async function applyDiff(diffDir: string, input: Readable, o: ApplyOption
   const fresh = (await fs.readdir(root)).length === 0;
 
   const extract = tar.extract();
+  refuseEntriesAfterEndMarker(extract);
   let failure: DriverError | undefined;
   const abort = (err: DriverError) => {
     if (failure) return;
@@ -97,8 +97,9 @@ export async function applyDiff(diffDir: string, input: Readable, o: ApplyOption
   };
   input.on('data', onData).on('end', onEnd).on('error', onError).on('close', onClose);
   const watchdog = setInterval(() => {
+    if (ended || (typeof input.isPaused === 'function' && input.isPaused())) { lastByteMs = Date.now(); return; } // idle is the uploader's, not ours: body ended, or paused by our backpressure
     if (Date.now() - lastByteMs < idleMs) return;
-    abort(new DriverError('DRIVER_UPLOAD_STALLED', `no byte of the layer upload arrived for ${Math.round(idleMs / 1000)} s`));
+    abort(new DriverError('DRIVER_UPLOAD_STALLED', `no byte of the layer upload arrived for ${idleMs < 1000 ? `${idleMs} ms` : `${Math.round(idleMs / 1000)} s`}`));
   }, Math.max(10, Math.min(1000, idleMs / 4)));
 
   // pipe, not pipeline: on a bad entry the request must survive, so the plugin can drain it and
@@ -265,7 +266,9 @@ async function extractInto(root: string, extract: tar.Extract, fresh: boolean, i
           const targetParts = e.linkParts!;
           const notHere = `hardlink ${JSON.stringify(h.name)} points to ${JSON.stringify(h.linkname)}, which is not in this layer`;
           const target = path.join(await parentOf(targetParts, `hardlink ${JSON.stringify(h.name)}`, notHere), targetParts[targetParts.length - 1]!);
-          if (!(await lexists(target))) throw new DriverError('DRIVER_TAR_CORRUPT', notHere);
+          const tst = await fs.lstat(target).catch(() => undefined);
+          if (!tst) throw new DriverError('DRIVER_TAR_CORRUPT', notHere);
+          if (tst.isDirectory()) throw new DriverError('DRIVER_TAR_BAD_ENTRY', `entry ${JSON.stringify(h.name)} is a hardlink to the directory ${JSON.stringify(h.linkname)}`);
           await fs.link(target, p);
           entry.resume();
           continue;
@@ -286,7 +289,14 @@ async function extractInto(root: string, extract: tar.Extract, fresh: boolean, i
     } catch (err) {
       if (err instanceof DriverError) throw err;
       const code = (err as NodeJS.ErrnoException).code;
-      if (code && /^E[A-Z]+$/.test(code)) throw new DriverError('DRIVER_IO_FAILED', `${what}: ${(err as Error).message}`, { cause: err });
+      // What the entry asked for was impossible (EPERM, EINVAL, …), or the disk failed (ENOSPC, EIO, …).
+      if (typeof code === 'string' && /^E[A-Z]+$/.test(code)) {
+        throw new DriverError(ENTRY_ERRNOS.has(code) ? 'DRIVER_TAR_BAD_ENTRY' : 'DRIVER_IO_FAILED', `${what}: ${(err as Error).message}`, { cause: err });
+      }
+      const cmd = err as { cmd?: string; stderr?: string };
+      if (typeof cmd.cmd === 'string') {
+        throw new DriverError('DRIVER_TAR_BAD_ENTRY', `${what}: ${cmd.cmd.split(' ')[0]} failed: ${(cmd.stderr ?? '').trim() || (err as Error).message}`, { cause: err });
+      }
       if (err instanceof TypeError || err instanceof RangeError || err instanceof ReferenceError) {
         throw new DriverError('DRIVER_INTERNAL', `${what}: ${err.message}`, { cause: err });
       }

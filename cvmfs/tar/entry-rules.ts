@@ -28,11 +28,13 @@ export const OVERLAY_XATTR_PREFIX = 'trusted.overlay.';
 /** Linux's XATTR_NAME_MAX and XATTR_SIZE_MAX. */
 export const XATTR_NAME_MAX_BYTES = 255;
 export const XATTR_VALUE_MAX_BYTES = 65536;
+/** Times a file system and a JavaScript Date can both hold (±8.64e12 s is Date's range). */
+const MTIME_MAX_SECONDS = 8_640_000_000_000;
 /** (uid_t)-1 means "unchanged" to chown(2): never a real owner. */
 const ID_MAX = 0xffff_fffe;
 
 export type TarViolation = 'path-escape' | 'bad-name' | 'name-too-long' | 'path-too-long' | 'bad-whiteout' | 'bad-owner' | 'bad-xattr'
-  | 'unsupported-type';
+  | 'bad-time' | 'unsupported-type';
 /** Makes the caller's coded error: each folder keeps its own codes, the rules stay here. */
 export type TarFail = (violation: TarViolation, message: string) => Error;
 
@@ -177,6 +179,7 @@ export function checkEntry(h: tar.Header, fail: TarFail, o: { prefixBytes?: numb
   }
   const size = type === 'file' ? h.size ?? 0 : 0;
   const time = mtimeOf(h, pax);
+  if (!(Math.abs(time.s) <= MTIME_MAX_SECONDS)) throw fail('bad-time', `entry ${quoted(name)} has the impossible mtime ${quoted(String(pax['mtime'] ?? time.s))}`);
   return {
     name, parts, role, type: type as EntryType,
     mode: (h.mode ?? (type === 'directory' ? 0o755 : 0o644)) & 0o7777,

@@ -1,3 +1,3 @@
 export * from './entry-rules.js';
 export { installPaxDecoder, paxBytes, paxString } from './pax.js';
-export { EndMarkerTap } from './end-marker.js';
+export { EndMarkerTap, refuseEntriesAfterEndMarker } from './end-marker.js';
