@@ -2,6 +2,13 @@
  * One prepared statement per query on a catalog database (docs/cvmfs-format.md §11). No SQL text
  * appears outside cvmfs/format. Integers are read as BigInt: path keys are signed 64-bit and the
  * `hardlinks` column packs (group << 32) | linkcount.
+ *
+ * Reading follows the layout a catalog was written with (§11.3a), as the stock client does: the
+ * schema and schema revision are read first, the columns and tables that layout must have are
+ * checked (an error names what is missing), and every SELECT names the columns that exist, with
+ * the documented default for the others. Statements are prepared on first use, so a query a
+ * layout cannot answer (no `chunks` table in a 1.x catalog) costs nothing until asked. Only the
+ * current layout can be written.
  */
 import Database from 'better-sqlite3';
 import { CvmfsError } from '../errors.js';
@@ -39,10 +46,39 @@ interface Row {
   uid: bigint | null; gid: bigint | null; xattr: Buffer | null;
 }
 
-const ENTRY_COLUMNS = 'rowid, hardlinks, hash, size, mode, mtime, mtimens, flags, name, symlink, uid, gid, xattr';
+/** What a catalog file holds, read before anything else. */
+export interface CatalogLayout {
+  /** `schema` property as a number; 1.0 when absent (legacy). */
+  readonly schema: number;
+  /** `schema_revision` property; 0 when absent. */
+  readonly revision: number;
+  readonly legacy: boolean;
+  readonly columns: ReadonlySet<string>;
+  readonly tables: ReadonlySet<string>;
+}
 
-function toEntry(r: Row): StoredEntry {
+const ENTRY_FIELDS = ['hardlinks', 'hash', 'size', 'mode', 'mtime', 'mtimens', 'flags', 'name', 'symlink', 'uid', 'gid', 'xattr'] as const;
+/** Flags a legacy (1.x) catalog may carry that mean the same today; the rest is masked off. */
+const LEGACY_FLAGS = 1 | 2 | 4 | 8 | 32;
+
+/** Columns each layout must have (§11.3a). */
+function requiredColumns(l: { schema: number; revision: number; legacy: boolean }): string[] {
+  const base = ['md5path_1', 'md5path_2', 'parent_1', 'parent_2', 'hash', 'size', 'mode', 'mtime', 'flags', 'name', 'symlink'];
+  if (l.legacy) return base;
+  return [...base, 'hardlinks', 'uid', 'gid', ...(l.revision >= 2 ? ['xattr'] : []), ...(l.revision >= 7 ? ['mtimens'] : [])];
+}
+
+function layoutName(l: { schema: number; revision: number; legacy: boolean }): string {
+  return l.legacy ? `legacy schema ${l.schema}` : `schema ${l.schema} revision ${l.revision}`;
+}
+
+function entryColumns(l: CatalogLayout): string {
+  return ['rowid', ...ENTRY_FIELDS.map((c) => (l.columns.has(c) ? c : `NULL AS ${c}`))].join(', ');
+}
+
+function toEntry(r: Row, legacy: boolean): StoredEntry {
   const hl = r.hardlinks ?? 1n;
+  const flags = Number(r.flags);
   return {
     rowid: Number(r.rowid),
     name: r.name ?? '',
@@ -52,7 +88,7 @@ function toEntry(r: Row): StoredEntry {
     mtimens: r.mtimens === null ? null : Number(r.mtimens),
     uid: Number(r.uid ?? 0n),
     gid: Number(r.gid ?? 0n),
-    flags: Number(r.flags),
+    flags: legacy ? flags & LEGACY_FLAGS : flags,
     linkcount: Number(hl & 0xffffffffn),
     hardlinkGroup: Number(hl >> 32n),
     hash: r.hash,
@@ -68,12 +104,14 @@ export function packHardlinks(group: number, linkcount: number): bigint {
 /** A catalog database file, opened read-write (writer) or read-only (reader). */
 export class CatalogDatabase {
   readonly db: Database.Database;
-  private readonly st: ReturnType<typeof prepare>;
+  readonly layout: CatalogLayout;
+  private readonly st: Statements;
 
-  private constructor(db: Database.Database) {
+  private constructor(db: Database.Database, layout: CatalogLayout, private readonly file: string) {
     this.db = db;
     db.defaultSafeIntegers(true);
-    this.st = prepare(db);
+    this.layout = layout;
+    this.st = statements(db, layout);
   }
 
   /** Creates a new, empty catalog file with the full schema and properties. */
@@ -81,7 +119,7 @@ export class CatalogDatabase {
     const db = new Database(file);
     db.pragma('journal_mode = DELETE');
     db.exec(CATALOG_DDL.join(';\n'));
-    const c = new CatalogDatabase(db);
+    const c = new CatalogDatabase(db, { ...readLayout(db, file), schema: Number(CATALOG_SCHEMA), revision: CATALOG_SCHEMA_REVISION, legacy: false }, file);
     db.transaction(() => {
       c.setProperty('schema', CATALOG_SCHEMA);
       c.setProperty('schema_revision', String(CATALOG_SCHEMA_REVISION));
@@ -94,25 +132,35 @@ export class CatalogDatabase {
     return c;
   }
 
+  /**
+   * Opens a catalog of any layout the stock client reads (legacy 1.x, 2.4, 2.5 revisions 0–7),
+   * or refuses it naming the schema found or the column missing. Writing needs the current layout.
+   */
   static open(file: string, opts: { readonly?: boolean } = {}): CatalogDatabase {
+    const readonly = opts.readonly ?? false;
     let db: Database.Database;
     try {
-      db = new Database(file, { readonly: opts.readonly ?? false, fileMustExist: true });
+      db = new Database(file, { readonly, fileMustExist: true });
       db.pragma('temp_store = 2');
     } catch (err) {
-      throw new CvmfsError('CVMFS_BAD_CATALOG', `cannot open catalog database ${file}`, { cause: err });
+      throw new CvmfsError('CVMFS_BAD_CATALOG', `cannot open catalog database ${file}: ${(err as Error).message}`, { cause: err });
     }
     try {
-      const c = new CatalogDatabase(db);
-      const schema = Number(c.property('schema') ?? '1.0');
-      if (!(schema >= 2.4 - 1e-6 && schema <= 2.5 + 1e-6)) {
-        throw new CvmfsError('CVMFS_BAD_CATALOG', `catalog ${file} has schema ${schema}; only 2.4 and 2.5 are supported`);
+      const layout = readLayout(db, file);
+      const name = layoutName(layout);
+      if (!layout.legacy && ![2.4, 2.5].some((v) => Math.abs(layout.schema - v) < 5e-4)) { // exactly 2.4 or 2.5, as the stock client's epsilon compare
+        throw new CvmfsError('CVMFS_BAD_CATALOG', `catalog ${file} has schema ${layout.schema}; readable are legacy 1.x, 2.4 and 2.5`);
       }
-      return c;
+      const missing = requiredColumns(layout).filter((c) => !layout.columns.has(c));
+      if (missing.length) throw new CvmfsError('CVMFS_BAD_CATALOG', `catalog ${file} (${name}) lacks the column${missing.length > 1 ? 's' : ''} ${missing.join(', ')} of its layout`);
+      if (!readonly && (layout.legacy || layout.revision !== CATALOG_SCHEMA_REVISION || layout.schema !== Number(CATALOG_SCHEMA))) {
+        throw new CvmfsError('CVMFS_BAD_CATALOG', `catalog ${file} (${name}) can be read but not written: only schema ${CATALOG_SCHEMA} revision ${CATALOG_SCHEMA_REVISION} is written`);
+      }
+      return new CatalogDatabase(db, layout, file);
     } catch (err) {
       db.close();
       if (err instanceof CvmfsError) throw err;
-      throw new CvmfsError('CVMFS_BAD_CATALOG', `catalog ${file} is not a CernVM-FS catalog`, { cause: err });
+      throw new CvmfsError('CVMFS_BAD_CATALOG', `catalog ${file} is not a CernVM-FS catalog: ${(err as Error).message}`, { cause: err });
     }
   }
 
@@ -126,18 +174,18 @@ export class CatalogDatabase {
   lookup(path: string): StoredEntry | undefined {
     const [k1, k2] = pathKey(path);
     const r = this.st.lookup.get(k1, k2) as Row | undefined;
-    return r && toEntry(r);
+    return r && toEntry(r, this.layout.legacy);
   }
 
   /** Children of the directory at `path` (rows whose parent key is `path`'s key). */
   list(path: string): StoredEntry[] {
     const [k1, k2] = pathKey(path);
-    return (this.st.list.all(k1, k2) as Row[]).map(toEntry);
+    return (this.st.list.all(k1, k2) as Row[]).map((r) => toEntry(r, this.layout.legacy));
   }
 
   byRowid(rowid: number): StoredEntry | undefined {
     const r = this.st.byRowid.get(BigInt(rowid)) as Row | undefined;
-    return r && toEntry(r);
+    return r && toEntry(r, this.layout.legacy);
   }
 
   maxRowid(): number {
@@ -168,6 +216,7 @@ export class CatalogDatabase {
   }
 
   chunks(path: string): Chunk[] {
+    if (!this.layout.tables.has('chunks')) return [];
     const [k1, k2] = pathKey(path);
     return (this.st.chunks.all(k1, k2) as { offset: bigint; size: bigint; hash: Buffer }[])
       .map((c) => ({ offset: c.offset, size: c.size, hash: c.hash }));
@@ -188,7 +237,9 @@ export class CatalogDatabase {
     return nested;
   }
 
+  /** A `size` of 0 (or a layout without the column) means the size is unknown (§11.3a). */
   nestedCatalogs(): NestedCatalogRef[] {
+    if (!this.layout.tables.has('nested_catalogs')) return [];
     return (this.st.allNested.all() as { path: string; sha1: string; size: bigint | null }[])
       .map((n) => ({ path: n.path, hash: n.sha1, size: n.size ?? 0n }));
   }
@@ -197,14 +248,18 @@ export class CatalogDatabase {
   }
   setNestedCatalog(ref: NestedCatalogRef): void { this.st.setNested.run(ref.path, ref.hash, ref.size); }
 
+  /** Statistics counters: mandatory from schema revision 5; below it a missing one reads as 0. */
   counters(scope: 'self' | 'subtree'): Counters {
     const out = zeroCounters();
-    const rows = this.st.allStatistics.all() as { counter: string; value: bigint | null }[];
+    const rows = this.layout.tables.has('statistics') ? this.st.allStatistics.all() as { counter: string; value: bigint | null }[] : [];
     const byName = new Map(rows.map((r) => [r.counter, r.value ?? 0n]));
+    const mandatory = !this.layout.legacy && this.layout.revision >= 5;
     for (const f of COUNTER_FIELDS) {
       const v = byName.get(`${scope}_${f}`);
-      if (v === undefined) throw new CvmfsError('CVMFS_BAD_CATALOG', `catalog lacks statistics counter ${scope}_${f}`);
-      out[f] = v;
+      if (v === undefined && mandatory) {
+        throw new CvmfsError('CVMFS_BAD_CATALOG', `catalog ${this.file} (${layoutName(this.layout)}) lacks the statistics counter ${scope}_${f}`);
+      }
+      out[f] = v ?? 0n;
     }
     return out;
   }
@@ -231,35 +286,71 @@ export class CatalogDatabase {
   close(): void { if (this.db.open) this.db.close(); }
 }
 
-function prepare(db: Database.Database) {
+/** The schema, revision, columns and tables of an open catalog file. */
+function readLayout(db: Database.Database, file = 'catalog'): CatalogLayout {
+  const tables = new Set((db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as { name: string }[]).map((r) => r.name));
+  for (const t of ['properties', 'catalog']) {
+    if (!tables.has(t)) throw new CvmfsError('CVMFS_BAD_CATALOG', `${file} is not a CernVM-FS catalog: it has no ${t} table`);
+  }
+  const prop = (k: string) => (db.prepare('SELECT value FROM properties WHERE key = ?').get(k) as { value: unknown } | undefined)?.value;
+  const schemaText = prop('schema');
+  const schema = schemaText === undefined || schemaText === null ? 1.0 : Number(String(schemaText));
+  const revText = prop('schema_revision');
+  const revision = revText === undefined || revText === null ? 0 : Number(String(revText));
+  if (!Number.isFinite(schema) || !Number.isInteger(revision) || revision < 0) {
+    throw new CvmfsError('CVMFS_BAD_CATALOG', `${file} has an unreadable schema "${String(schemaText)}" or revision "${String(revText)}"`);
+  }
+  const columns = new Set((db.prepare('PRAGMA table_info(catalog)').all() as { name: string }[]).map((r) => r.name));
+  return { schema, revision, legacy: schema < 2.0 - 1e-6, columns, tables };
+}
+
+type Statements = ReturnType<typeof statements>;
+
+/** Every statement of a layout, each prepared when first used (the getter replaces itself). */
+function statements(db: Database.Database, layout: CatalogLayout) {
+  const sql = sqlOf(layout);
+  type Key = keyof typeof sql;
+  const out = {} as Record<Key, Database.Statement>;
+  for (const key of Object.keys(sql) as Key[]) {
+    Object.defineProperty(out, key, {
+      configurable: true,
+      get: () => { const st = db.prepare(sql[key]); Object.defineProperty(out, key, { value: st }); return st; },
+    });
+  }
+  return out;
+}
+
+function sqlOf(layout: CatalogLayout) {
+  const ENTRY_COLUMNS = entryColumns(layout);
+  const nestedSize = !layout.tables.has('nested_catalogs') || layout.legacy || layout.revision < 1 ? 'NULL AS size' : 'size';
   const subtree = `WITH RECURSIVE sub(k1, k2) AS (SELECT ?, ? UNION ALL
       SELECT c.md5path_1, c.md5path_2 FROM catalog c JOIN sub ON c.parent_1 = sub.k1 AND c.parent_2 = sub.k2)`;
   const T = { dir: 0o040000, reg: 0o100000, lnk: 0o120000, fmt: 0o170000 };
   return {
-    getProperty: db.prepare('SELECT value FROM properties WHERE key = ?'),
-    setProperty: db.prepare('INSERT OR REPLACE INTO properties (key, value) VALUES (?, ?)'),
-    deleteProperty: db.prepare('DELETE FROM properties WHERE key = ?'),
-    lookup: db.prepare(`SELECT ${ENTRY_COLUMNS} FROM catalog WHERE md5path_1 = ? AND md5path_2 = ?`),
-    list: db.prepare(`SELECT ${ENTRY_COLUMNS} FROM catalog WHERE parent_1 = ? AND parent_2 = ?`),
-    byRowid: db.prepare(`SELECT ${ENTRY_COLUMNS} FROM catalog WHERE rowid = ?`),
-    maxRowid: db.prepare('SELECT MAX(rowid) AS m FROM catalog'),
-    upsert: db.prepare(`INSERT OR REPLACE INTO catalog (md5path_1, md5path_2, parent_1, parent_2, hardlinks, hash,
+    getProperty: 'SELECT value FROM properties WHERE key = ?',
+    setProperty: 'INSERT OR REPLACE INTO properties (key, value) VALUES (?, ?)',
+    deleteProperty: 'DELETE FROM properties WHERE key = ?',
+    lookup: `SELECT ${ENTRY_COLUMNS} FROM catalog WHERE md5path_1 = ? AND md5path_2 = ?`,
+    list: `SELECT ${ENTRY_COLUMNS} FROM catalog WHERE parent_1 = ? AND parent_2 = ?`,
+    byRowid: `SELECT ${ENTRY_COLUMNS} FROM catalog WHERE rowid = ?`,
+    maxRowid: 'SELECT MAX(rowid) AS m FROM catalog',
+    upsert: `INSERT OR REPLACE INTO catalog (md5path_1, md5path_2, parent_1, parent_2, hardlinks, hash,
         size, mode, mtime, mtimens, flags, name, symlink, uid, gid, xattr)
       VALUES (@k1, @k2, @p1, @p2, @hardlinks, @hash, @size, @mode, @mtime, @mtimens, @flags, @name, @symlink,
-        @uid, @gid, @xattr)`),
-    update: db.prepare(`UPDATE catalog SET hardlinks = @hardlinks, hash = @hash, size = @size, mode = @mode, mtime = @mtime,
+        @uid, @gid, @xattr)`,
+    update: `UPDATE catalog SET hardlinks = @hardlinks, hash = @hash, size = @size, mode = @mode, mtime = @mtime,
         mtimens = @mtimens, flags = @flags, name = @name, symlink = @symlink, uid = @uid, gid = @gid, xattr = @xattr
-      WHERE md5path_1 = @k1 AND md5path_2 = @k2`),
-    chunks: db.prepare('SELECT offset, size, hash FROM chunks WHERE md5path_1 = ? AND md5path_2 = ? ORDER BY offset'),
-    insertChunk: db.prepare('INSERT INTO chunks (md5path_1, md5path_2, offset, size, hash) VALUES (?, ?, ?, ?, ?)'),
-    deleteSubtreeChunks: db.prepare(`${subtree} DELETE FROM chunks WHERE (md5path_1, md5path_2) IN (SELECT k1, k2 FROM sub)`),
-    deleteSubtree: db.prepare(`${subtree} DELETE FROM catalog WHERE (md5path_1, md5path_2) IN (SELECT k1, k2 FROM sub)`),
-    allNested: db.prepare('SELECT path, sha1, size FROM nested_catalogs'),
-    setNested: db.prepare('INSERT OR REPLACE INTO nested_catalogs (path, sha1, size) VALUES (?, ?, ?)'),
-    deleteNested: db.prepare('DELETE FROM nested_catalogs WHERE path = ?'),
-    allStatistics: db.prepare('SELECT counter, value FROM statistics'),
-    setStatistic: db.prepare('INSERT OR REPLACE INTO statistics (counter, value) VALUES (?, ?)'),
-    selfCounters: db.prepare(`SELECT
+      WHERE md5path_1 = @k1 AND md5path_2 = @k2`,
+    chunks: 'SELECT offset, size, hash FROM chunks WHERE md5path_1 = ? AND md5path_2 = ? ORDER BY offset',
+    insertChunk: 'INSERT INTO chunks (md5path_1, md5path_2, offset, size, hash) VALUES (?, ?, ?, ?, ?)',
+    deleteSubtreeChunks: `${subtree} DELETE FROM chunks WHERE (md5path_1, md5path_2) IN (SELECT k1, k2 FROM sub)`,
+    deleteSubtree: `${subtree} DELETE FROM catalog WHERE (md5path_1, md5path_2) IN (SELECT k1, k2 FROM sub)`,
+    allNested: `SELECT path, sha1, ${nestedSize} FROM nested_catalogs`,
+    setNested: 'INSERT OR REPLACE INTO nested_catalogs (path, sha1, size) VALUES (?, ?, ?)',
+    deleteNested: 'DELETE FROM nested_catalogs WHERE path = ?',
+    allStatistics: 'SELECT counter, value FROM statistics',
+    setStatistic: 'INSERT OR REPLACE INTO statistics (counter, value) VALUES (?, ?)',
+    selfCounters: `SELECT
         SUM(mode & ${T.fmt} = ${T.reg}) AS regular,
         SUM(mode & ${T.fmt} = ${T.lnk}) AS symlink,
         SUM(mode & ${T.fmt} NOT IN (${T.dir}, ${T.reg}, ${T.lnk})) AS special,
@@ -272,6 +363,6 @@ function prepare(db: Database.Database) {
         SUM(xattr IS NOT NULL) AS xattr,
         SUM((flags & 128) != 0) AS external,
         COALESCE(SUM(CASE WHEN flags & 128 THEN size END), 0) AS external_file_size
-      FROM catalog`),
+      FROM catalog`,
   };
 }

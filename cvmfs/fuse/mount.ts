@@ -3,6 +3,10 @@
  * to a Repository call, and failures map to an errno here, once, by error kind. The process that
  * serves the mount must never read it synchronously (it would deadlock): every handler is async.
  */
+import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import nodePath from 'node:path';
 import Fuse, { type FuseStat } from 'fuse-native';
 import { CvmfsError, isCvmfsError } from '../errors.js';
 import type { Dirent, FileHandle, Repository } from '../reader/repository.js';
@@ -36,7 +40,24 @@ const CATALOG_MARKERS = new Set(['.cvmfscatalog', '.cvmfsautocatalog']);
 
 export interface Mount {
   readonly mountpoint: string;
+  /** Unmounts (a no-op when someone else already did) and releases open files. */
   unmount(): Promise<void>;
+  /** Resolves when the mount went away by other means (`fusermount -u`, `umount -l`). */
+  readonly gone: Promise<void>;
+}
+
+const GONE_POLL_MS = 1000;
+
+/** fuse-native's addon, the one its module loaded (node-gyp-build caches it). */
+const require = createRequire(import.meta.url);
+const fuseBinding = (require('node-gyp-build') as (dir: string) => { fuse_native_unmount(mnt: string, thread: Buffer): void })(
+  nodePath.dirname(require.resolve('fuse-native')));
+
+/** Whether `dir` is a mount point now (/proc/self/mountinfo, octal escapes decoded). */
+export function isMountPoint(dir: string): boolean {
+  const want = nodePath.resolve(dir);
+  const text = readFileSync('/proc/self/mountinfo', 'utf8');
+  return text.split('\n').some((l) => l.split(' ')[4]?.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8))) === want);
 }
 
 const ERANGE = -34;
@@ -50,6 +71,20 @@ type XattrCallback<T> = (err: number, value?: T) => void;
  *   caller sees EIO): answer the size for a size-0 probe, ERANGE when the buffer is too small.
  */
 class CvmfsFuse extends Fuse {
+  /**
+   * fuse-native's close runs `fusermount -uz` and gives up when it fails, which it does after an
+   * external unmount ("Invalid argument"): its thread handle then keeps the process alive. A
+   * mount that is already gone only needs that handle released.
+   */
+  _close(cb: (err: Error | null) => void): void {
+    const self = this as unknown as { mnt: string; _thread: Buffer };
+    execFile('fusermount', ['-uz', self.mnt], (err) => {
+      if (err && isMountPoint(self.mnt)) { cb(Object.assign(err, { unmountFailure: true })); return; }
+      try { fuseBinding.fuse_native_unmount(self.mnt, self._thread); } catch (e) { cb(e as Error); return; }
+      cb(null);
+    });
+  }
+
   protected override _fuseOptions(): string {
     const base = super._fuseOptions();
     return (base ? `${base},` : '-o') + 'use_ino,ro,default_permissions';
@@ -193,8 +228,11 @@ export async function mountRepository(repo: Repository, o: MountOptions): Promis
       repo.listxattr(path).then((l) => cb(0, wh ? l.filter((n) => !n.startsWith(OVERLAY_XATTR_PREFIX)) : l), (e) => cb(fail('listxattr', path, e)));
     },
     statfs: (_path, cb) => {
-      const t = repo.totals();
-      const files = Number(t.regular + t.dir + t.symlink + t.special);
+      let files = 0;
+      try {
+        const t = repo.totals();
+        files = Number(t.regular + t.dir + t.symlink + t.special);
+      } catch (err) { log(`statfs: ${(err as Error).message}`); } // counters are statistics, never a reason to fail
       const c = repo.counters();
       const blocks = Math.max(1, Math.ceil(c.cacheUsedBytes / 4096));
       cb(0, { bsize: 4096, frsize: 4096, blocks, bfree: 0, bavail: 0, files, ffree: 0, favail: 0, fsid: 0x6376, flag: 1, namemax: 255 });
@@ -203,16 +241,23 @@ export async function mountRepository(repo: Repository, o: MountOptions): Promis
     force: true, mkdir: false, timeout: false, autoCache: true, entryTimeout: ttl, attrTimeout: ttl,
     fsname: `cvmfs2-${repo.fqrn}`, subtype: 'cvmfs', ...(o.allowOther ? { allowOther: true } : {}), ...(o.debug ? { debug: true } : {}),
   });
-  await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())));
+  await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(new CvmfsError('CVMFS_BAD_ARGUMENT', `FUSE mount at ${o.mountpoint} failed: ${err.message}`, { cause: err })) : resolve())));
   let unmounted = false;
+  let markGone!: () => void;
+  const gone = new Promise<void>((r) => { markGone = r; });
+  const poll = setInterval(() => { if (!isMountPoint(o.mountpoint)) { clearInterval(poll); markGone(); } }, GONE_POLL_MS);
+  poll.unref();
   return {
     mountpoint: o.mountpoint,
+    gone,
     unmount: async () => {
       if (unmounted) return;
       unmounted = true;
+      clearInterval(poll);
       await new Promise<void>((resolve, reject) => fuse.unmount((err) => (err ? reject(err) : resolve())));
       await Promise.all([...handles.values()].map((h) => h.close().catch(() => {})));
       handles.clear();
+      markGone();
     },
   };
 }

@@ -90,7 +90,7 @@ export class CatalogTree {
   private child(parent: Attached, ref: { path: string; hash: string; size: bigint }): Promise<Attached> {
     let p = parent.children.get(ref.path);
     if (!p) {
-      p = this.attach(ref.hash, ref.path, ref.size);
+      p = this.attach(ref.hash, ref.path, ref.size > 0n ? ref.size : undefined); // 0: size not recorded (§11.3a)
       p.catch(() => parent.children.delete(ref.path));
       parent.children.set(ref.path, p);
     }

@@ -1,12 +1,11 @@
 /**
  * The findings of the hostile-tar property suites (test/fuzz/*.test.ts), each as its minimal tar.
- * Fixed ones are plain regression tests; open ones are `todo` until fixed, so that the fixed-seed
- * CI run stays green while each stays visible in the TAP stream:
+ * Each is a plain regression test now that it is fixed:
  *   - upload-idle-counts-our-time (fixed): the idle watchdog counted ApplyDiff's own work (input
  *     ended, or paused by its backpressure) as a stalled upload;
- *   - after-end-marker (open): entries after the end-of-archive marker are applied and ingested,
+ *   - after-end-marker (fixed): entries after the end-of-archive marker are applied and ingested,
  *     although GNU tar and Go's archive/tar (Docker's own extractor) stop there;
- *   - hardlink-to-directory, kernel-refused-xattr, mtime-out-of-range (open): input errors come
+ *   - hardlink-to-directory, kernel-refused-xattr, mtime-out-of-range (fixed): input errors come
  *     back as DRIVER_IO_FAILED (an 'unavailable' kind) or as "truncated or corrupt".
  */
 import fs from 'node:fs';
