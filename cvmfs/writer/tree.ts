@@ -37,7 +37,7 @@ export type TreeNode = DirNode | LeafNode;
 const TAR_CODES: Readonly<Record<TarViolation, CvmfsErrorCode>> = {
   'path-escape': 'CVMFS_TAR_PATH_ESCAPE', 'bad-name': 'CVMFS_TAR_BAD_NAME', 'name-too-long': 'CVMFS_TAR_NAME_TOO_LONG',
   'path-too-long': 'CVMFS_TAR_PATH_TOO_LONG', 'bad-whiteout': 'CVMFS_TAR_BAD_WHITEOUT', 'bad-owner': 'CVMFS_TAR_BAD_OWNER',
-  'bad-xattr': 'CVMFS_BAD_XATTR', 'unsupported-type': 'CVMFS_TAR_UNSUPPORTED_ENTRY',
+  'bad-xattr': 'CVMFS_BAD_XATTR', 'bad-time': 'CVMFS_TAR_CORRUPT', 'unsupported-type': 'CVMFS_TAR_UNSUPPORTED_ENTRY',
 };
 /** The writer's codes for the shared tar entry rules (cvmfs/tar). */
 export const tarFail: TarFail = (v, message) => new CvmfsError(TAR_CODES[v], message);
