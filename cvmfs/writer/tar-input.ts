@@ -8,7 +8,7 @@ import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
 import { DecompressStream } from 'zstd-napi';
 import { CvmfsError } from '../errors.js';
-import { EndMarkerTap } from '../tar/end-marker.js';
+import { EndMarkerTap, refuseEntriesAfterEndMarker } from '../tar/end-marker.js';
 import { installPaxDecoder } from '../tar/pax.js';
 
 export type TarCompression = 'gzip' | 'zstd' | 'none';
@@ -72,6 +72,7 @@ export async function openTar(input: Readable): Promise<TarInput> {
     : compression === 'zstd' ? new DecompressStream() as unknown as Transform : new PassThrough();
   const tap = new EndMarkerTap();
   const entries = tar.extract();
+  refuseEntriesAfterEndMarker(entries);
   const done = new Promise<void>((resolve, reject) => {
     pipeline(input, decompress, tap, entries as unknown as NodeJS.WritableStream, (err) => {
       if (err) { reject(corrupt(err, compression)); return; }
