@@ -15,7 +15,12 @@ const der = {
   tlv(tag: number, content: Buffer): Buffer { return Buffer.concat([Buffer.from([tag]), der.len(content.length), content]); },
   seq(...items: Buffer[]): Buffer { return der.tlv(0x30, Buffer.concat(items)); },
   set(...items: Buffer[]): Buffer { return der.tlv(0x31, Buffer.concat(items)); },
-  uint(bytes: Buffer): Buffer { return der.tlv(0x02, (bytes[0] ?? 0) & 0x80 ? Buffer.concat([Buffer.from([0]), bytes]) : bytes); },
+  /** DER integers are minimal: no leading zero byte unless the next one has its high bit set. */
+  uint(bytes: Buffer): Buffer {
+    let b = bytes;
+    while (b.length > 1 && b[0] === 0 && ((b[1] ?? 0) & 0x80) === 0) b = b.subarray(1);
+    return der.tlv(0x02, (b[0] ?? 0) & 0x80 ? Buffer.concat([Buffer.from([0]), b]) : b);
+  },
   oid(dotted: string): Buffer {
     const [a, b, ...rest] = dotted.split('.').map(Number);
     const out = [40 * a! + b!];
@@ -44,7 +49,7 @@ function name(commonName: string): Buffer {
 export function selfSignedCertificate(commonName: string, privateKey: KeyObject, publicKey: KeyObject,
   now: Date, days = 365): string {
   const serial = randomBytes(16);
-  serial[0] = serial[0]! & 0x7f;
+  serial[0] = 0x40 | (serial[0]! & 0x3f); // positive, and 16 bytes long whatever the draw
   const tbs = der.seq(
     der.uint(serial),
     SHA256_WITH_RSA,
