@@ -2,8 +2,10 @@
  * Reads one tar stream into a LayerTree. Model: entries are pulled one at a time; a file body is
  * copied into fresh buffers (whole file up to the chunking threshold, else one buffer per
  * content-defined chunk) and handed to the encoder pool, and the loop moves on while workers
- * compress. `waitForCapacity` before each body bounds memory. A body's hashes arrive later as the
- * node's `content` promise; the catalog builder awaits them all.
+ * compress. Before each body, `waitForCapacity` bounds the bytes in flight and MAX_BODIES_IN_FLIGHT
+ * their number (a million tiny files would otherwise queue a million jobs under the byte budget).
+ * A body's hashes arrive later: the node holds a promise until they do, then the content itself;
+ * the catalog builder awaits the few still pending.
  */
 import type { Readable } from 'node:stream';
 import { CvmfsError } from '../errors.js';
@@ -17,7 +19,10 @@ import type { Encoded, ZlibPool } from '../zlib-pool.js';
 import type { ObjectSink } from './object-sink.js';
 import { checkEntry, type CheckedEntry } from '../tar/entry-rules.js';
 import { openTar, type TarCompression } from './tar-input.js';
-import { LayerTree, tarFail, type FileContent, type NodeMeta } from './tree.js';
+import { contentOfDigest, LayerTree, tarFail, type FileContent, type NodeMeta } from './tree.js';
+
+/** Bodies handed to the encoder pool and not yet stored: bounds the pool's queue and pending writes by count. */
+export const MAX_BODIES_IN_FLIGHT = 1024;
 
 export interface LayerReadStats {
   entries: number;
@@ -50,17 +55,30 @@ export async function readLayer(input: Readable, ctx: LayerReadContext): Promise
   const tarIn = await openTar(input);
   const stats: LayerReadStats = { entries: 0, files: 0, contentBytes: 0, compression: tarIn.compression };
 
+  // Every empty file shares one content, known at once; readLayer returns only once the empty object is stored.
   const empty = encodeObject(new Uint8Array(0), '', algo);
-  const emptyContent: Promise<FileContent> = sink.put(empty.path, empty.stored).then(() => ({ kind: 'whole', digest: empty.digest }));
-  emptyContent.catch(() => {});
+  const emptyStored = sink.put(empty.path, empty.stored);
+  emptyStored.catch(() => {});
+  const emptyContent: FileContent = contentOfDigest(empty.digest);
 
   const store = (enc: Promise<Encoded>, suffix: ObjectSuffix): Promise<Buffer> =>
     enc.then(async (e) => { await sink.put(objectPath(textualHash(algo, e.digest), suffix), e.stored); return e.digest; });
+
+  let bodiesInFlight = 0;
+  const bodyDone: (() => void)[] = [];
+  /** Waits for a free body slot and counts `content` in flight until it settles. */
+  async function bodySlot(): Promise<(content: Promise<FileContent>) => Promise<FileContent>> {
+    while (bodiesInFlight >= MAX_BODIES_IN_FLIGHT) await new Promise<void>((r) => bodyDone.push(r));
+    bodiesInFlight++;
+    const settled = () => { bodiesInFlight--; bodyDone.shift()?.(); };
+    return (content) => { content.then(settled, settled); return content; };
+  }
 
   /** Reads a body; resolves once it was read, with `content` settling once it is stored. */
   type Pending = { readonly content: Promise<FileContent> };
 
   async function readWhole(body: AsyncIterable<Buffer>, size: number, name: string): Promise<Pending> {
+    const track = await bodySlot();
     await pool.waitForCapacity();
     const buf = new Uint8Array(size);
     let off = 0;
@@ -70,10 +88,11 @@ export async function readLayer(input: Readable, ctx: LayerReadContext): Promise
       off += c.length;
     }
     if (off !== size) throw new CvmfsError('CVMFS_TAR_CORRUPT', `entry "${name}" is truncated (${off} of ${size} bytes)`);
-    return { content: store(pool.encode(buf, algo), '').then((digest): FileContent => ({ kind: 'whole', digest })) };
+    return { content: track(store(pool.encode(buf, algo), '').then(contentOfDigest)) };
   }
 
   async function readChunked(body: AsyncIterable<Buffer>, size: number, name: string): Promise<Pending> {
+    const track = await bodySlot();
     const chunker = new Chunker();
     const encoded: { offset: number; size: number; enc: Promise<Encoded> }[] = [];
     let parts: Buffer[] = [];
@@ -104,9 +123,9 @@ export async function readLayer(input: Readable, ctx: LayerReadContext): Promise
     if (partBytes > 0) cut(partBytes);
     if (offset !== size) throw new CvmfsError('CVMFS_TAR_CORRUPT', `entry "${name}" is truncated (${offset} of ${size} bytes)`);
     // A file that yields a single chunk is stored as a normal file, as cvmfs_server does.
-    if (encoded.length === 1) return { content: store(encoded[0]!.enc, '').then((digest): FileContent => ({ kind: 'whole', digest })) };
+    if (encoded.length === 1) return { content: track(store(encoded[0]!.enc, '').then(contentOfDigest)) };
     const chunks = encoded.map((e) => store(e.enc, 'P').then((hash): Chunk => ({ offset: BigInt(e.offset), size: BigInt(e.size), hash })));
-    return { content: Promise.all(chunks).then((cs): FileContent => ({ kind: 'chunked', chunks: cs })) };
+    return { content: track(Promise.all(chunks).then((cs): FileContent => ({ chunks: cs }))) };
   }
 
   try {
@@ -122,12 +141,12 @@ export async function readLayer(input: Readable, ctx: LayerReadContext): Promise
           const size = e.size;
           const meta = metaOf(e, S_IFREG);
           const body = entry as AsyncIterable<Buffer>;
+          // A pending content is awaited by the catalog builder; the tree observes it, so never an unhandled rejection.
           const content = size === 0 ? emptyContent
             : (size > CHUNKING_THRESHOLD_BYTES ? await readChunked(body, size, name) : await readWhole(body, size, name)).content;
-          content.catch(() => {}); // awaited by the catalog builder; never an unhandled rejection
           stats.files++;
           stats.contentBytes += size;
-          tree.addFile(parts, name, meta, BigInt(size), content);
+          tree.addFile(parts, name, meta, size, content);
           break;
         }
         case 'symlink':
@@ -151,5 +170,6 @@ export async function readLayer(input: Readable, ctx: LayerReadContext): Promise
     throw err instanceof CvmfsError ? err : tarIn.wrapError(err);
   }
   await tarIn.done;
+  await emptyStored;
   return { tree, stats };
 }

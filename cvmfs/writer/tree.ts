@@ -1,9 +1,16 @@
 /**
  * The tree a tar stream describes, held in memory as metadata only (file bodies are already on
- * their way to storage; `content` resolves to their hashes). Tar semantics: a later entry
+ * their way to storage; `content` settles to their hashes). Tar semantics: a later entry
  * replaces an earlier one at the same path, a directory entry over a directory only updates its
  * attributes, missing parents are synthesised as root-owned 0755 directories (as
  * thin-images-and-layout.md R28 asks), and nothing may be written through a symlink.
+ *
+ * Memory: the whole tree of a layer is held until its catalog is written, since any later entry
+ * may replace, re-own or hardlink an earlier one and a directory's row needs its final subdirectory
+ * count. Per entry that is the node (64 bytes), its name (an own copy, 16 + its length rounded
+ * up to 8), its slot in the parent's Map (about 40) and, for a stored non-empty file, its digest
+ * (40): about 130 bytes for an empty file, 190 for another. Metadata records (72 bytes) are shared
+ * between entries with equal mode, owner and mtime, and sizes are plain numbers.
  */
 import { CvmfsError, type CvmfsErrorCode } from '../errors.js';
 import { entryPath, type TarFail, type TarViolation } from '../tar/entry-rules.js';
@@ -20,17 +27,22 @@ export interface NodeMeta {
   readonly xattr: Buffer | null; // encoded blob (format/xattr.ts)
 }
 
-export type FileContent =
-  | { readonly kind: 'whole'; readonly digest: Buffer }
-  | { readonly kind: 'chunked'; readonly chunks: readonly Chunk[] };
+/**
+ * A body once stored: the raw digest of its single object as a latin1 string (a 20–32-byte heap
+ * string instead of a Buffer of ~100 bytes, for a million entries), or its chunks.
+ */
+export type FileContent = string | { readonly chunks: readonly Chunk[] };
+export const digestBytes = (c: string): Buffer => Buffer.from(c, 'latin1');
+export const contentOfDigest = (digest: Uint8Array): string => Buffer.from(digest.buffer, digest.byteOffset, digest.byteLength).toString('latin1');
 
 /** Identity shared by the members of one hardlink group; link counts are derived from the final tree. */
 export type HardlinkGroup = object;
 
 export interface DirNode { readonly kind: 'dir'; meta: NodeMeta; readonly children: Map<string, TreeNode> }
-export interface FileNode { readonly kind: 'file'; readonly meta: NodeMeta; readonly size: bigint; readonly content: Promise<FileContent>; group?: HardlinkGroup }
-export interface SymlinkNode { readonly kind: 'symlink'; readonly meta: NodeMeta; readonly target: string; group?: HardlinkGroup }
-export interface SpecialNode { readonly kind: 'special'; readonly meta: NodeMeta; readonly rdev: bigint; group?: HardlinkGroup }
+/** `content` is a promise until the body is stored, then the stored content itself (or the promise, if storing failed). */
+export interface FileNode { readonly kind: 'file'; readonly meta: NodeMeta; readonly size: number; content: FileContent | Promise<FileContent>; group: HardlinkGroup | undefined }
+export interface SymlinkNode { readonly kind: 'symlink'; readonly meta: NodeMeta; readonly target: string; group: HardlinkGroup | undefined }
+export interface SpecialNode { readonly kind: 'special'; readonly meta: NodeMeta; readonly rdev: bigint; group: HardlinkGroup | undefined }
 export type LeafNode = FileNode | SymlinkNode | SpecialNode;
 export type TreeNode = DirNode | LeafNode;
 
@@ -47,11 +59,40 @@ export function entryComponents(name: string, mountPath: string, what = 'entry')
   return entryPath(name, tarFail, { what, prefixBytes: Buffer.byteLength(mountPath) }).parts;
 }
 
+/** Distinct metadata records kept for sharing; past this many the table starts afresh. */
+const META_INTERN_LIMIT = 4096;
+
+/**
+ * An own copy of a name. `split` hands out slices (V8 SlicedString, from 13 characters) that keep
+ * the whole entry name alive for as long as the tree lives; the copy holds the name only. The JSON
+ * round trip copies every string exactly, lone surrogates included.
+ */
+function ownName(s: string): string {
+  return JSON.parse(JSON.stringify(s)) as string;
+}
+
 export class LayerTree {
   readonly root: DirNode;
+  /** Shared metadata records by mtime: most entries of a layer repeat a few (mode, owner, mtime) tuples. */
+  private readonly metas = new Map<number, NodeMeta[]>();
+  private metaCount = 0;
 
   constructor(private readonly synthesizedDirMeta: NodeMeta) {
     this.root = { kind: 'dir', meta: synthesizedDirMeta, children: new Map() };
+  }
+
+  /** An equal record seen before, or `m` (kept for the next ones). Records with xattrs are not shared. */
+  private intern(m: NodeMeta): NodeMeta {
+    if (m.xattr !== null) return m;
+    let same = this.metas.get(m.mtime);
+    if (same === undefined) {
+      if (this.metaCount >= META_INTERN_LIMIT) { this.metas.clear(); this.metaCount = 0; }
+      same = [];
+      this.metas.set(m.mtime, same);
+    }
+    for (const s of same) if (s.mode === m.mode && s.uid === m.uid && s.gid === m.gid && s.mtimens === m.mtimens) return s;
+    if (this.metaCount < META_INTERN_LIMIT) { same.push(m); this.metaCount++; }
+    return m;
   }
 
   private parentDir(parts: readonly string[], name: string): DirNode {
@@ -61,7 +102,7 @@ export class LayerTree {
       const child = dir.children.get(c);
       if (child === undefined) {
         const made: DirNode = { kind: 'dir', meta: this.synthesizedDirMeta, children: new Map() };
-        dir.children.set(c, made);
+        dir.children.set(ownName(c), made);
         dir = made;
       } else if (child.kind === 'dir') {
         dir = child;
@@ -99,20 +140,24 @@ export class LayerTree {
       old.meta = node.meta;
       return;
     }
-    dir.children.set(base, node);
+    // Replacing keeps the key already stored; a new key is an own copy.
+    dir.children.set(old === undefined ? ownName(base) : base, node);
   }
 
   addDir(parts: readonly string[], name: string, meta: NodeMeta): void {
-    this.place(parts, name, { kind: 'dir', meta, children: new Map() });
+    this.place(parts, name, { kind: 'dir', meta: this.intern(meta), children: new Map() });
   }
-  addFile(parts: readonly string[], name: string, meta: NodeMeta, size: bigint, content: Promise<FileContent>): void {
-    this.place(parts, name, { kind: 'file', meta, size, content });
+  /** `content` is stored content or a promise of it; once the promise settles, the node keeps the content only. */
+  addFile(parts: readonly string[], name: string, meta: NodeMeta, size: number, content: FileContent | Promise<FileContent>): void {
+    const node: FileNode = { kind: 'file', meta: this.intern(meta), size, content, group: undefined };
+    this.place(parts, name, node);
+    if (content instanceof Promise) content.then((c) => { node.content = c; }, () => { /* the catalog builder awaits it and fails */ });
   }
   addSymlink(parts: readonly string[], name: string, meta: NodeMeta, target: string): void {
-    this.place(parts, name, { kind: 'symlink', meta, target });
+    this.place(parts, name, { kind: 'symlink', meta: this.intern(meta), target, group: undefined });
   }
   addSpecial(parts: readonly string[], name: string, meta: NodeMeta, rdev: bigint): void {
-    this.place(parts, name, { kind: 'special', meta, rdev });
+    this.place(parts, name, { kind: 'special', meta: this.intern(meta), rdev, group: undefined });
   }
 
   /** A tar hardlink: a new name for an earlier entry of the same stream. */
@@ -126,6 +171,10 @@ export class LayerTree {
     if (parts.join('/') === targetParts.join('/')) return;
     const group = target.group ?? {};
     target.group = group;
-    this.place(parts, name, { ...target, group });
+    const member: LeafNode = { ...target, group };
+    this.place(parts, name, member);
+    if (member.kind === 'file' && member.content instanceof Promise) {
+      member.content.then((c) => { member.content = c; }, () => { /* the catalog builder awaits it and fails */ });
+    }
   }
 }
