@@ -4,8 +4,8 @@ SHELL := /bin/bash
 
 # Build tools for the native addons (better-sqlite3, zstd-napi build from their bundled sources),
 # tar/gzip/openssl/attr for tests, libfuse2 + fuse (fusermount) for the FUSE client,
-# docker.io (20.10, dockerd) and busybox-static for the end-to-end tests.
-APT_PACKAGES := g++ make python3 tar gzip openssl coreutils libfuse2 fuse attr docker.io busybox-static
+# docker.io (20.10, dockerd) and busybox-static for the end-to-end tests, docker-registry (2.8) for the converter's.
+APT_PACKAGES := g++ make python3 tar gzip openssl coreutils libfuse2 fuse attr docker.io busybox-static docker-registry
 
 .PHONY: deps apt build test demo bench clean plugin fuzz
 
