@@ -14,6 +14,9 @@ import { faultyServer, type FaultyServer } from '../../lib/faulty-server.js';
 import { makeRepo, type Fixture } from '../../lib/repo-fixture.js';
 import { tarOf } from '../../lib/tar-of.js';
 
+/** Headroom for a loaded 2-core machine: every bound below separates the fixed behaviour from the
+ *  broken one (a hang, a retry per object, a 10 s timeout), not fast from slow. */
+const SLACK_MS = 6000;
 const files: Record<string, Buffer> = { 'a.txt': Buffer.from('alpha\n'), 'mid.bin': randomBytes(200_000) };
 
 async function sampleRepo(base: string): Promise<Fixture> {
@@ -73,7 +76,7 @@ t.test('stall: a first server that accepts and never answers costs one timeout, 
   for (const [name, content] of Object.entries(files)) t.ok(got.bytes[name]!.equals(content), `${name}: true bytes`);
   const cost = got.ms - baselineMs;
   t.comment(`stalled first server: open + read in ${got.ms.toFixed(0)} ms, ${cost.toFixed(0)} ms more than from the healthy one alone (timeout 1000 ms)`);
-  t.ok(got.ms < 3000 + baselineMs && cost < 2000, `about one timeout (${cost.toFixed(0)} ms < 2000 ms)`);
+  t.ok(cost < 1000 + SLACK_MS, `about one timeout, not one per object (${cost.toFixed(0)} ms; 22-44 s before the fix)`);
   t.same(bad.log, ['.cvmfspublished'], 'the dead host is asked once: the nested certificate fetch starts at the healthy host');
   t.equal(got.failovers, 1);
 });
@@ -89,7 +92,7 @@ t.test('trickle: a first server sending 1 byte every 200 ms is dropped after the
   for (const [name, content] of Object.entries(files)) t.ok(got.bytes[name]!.equals(content), `${name}: true bytes`);
   const cost = got.ms - baselineMs;
   t.comment(`trickling first server: open + read in ${got.ms.toFixed(0)} ms, ${cost.toFixed(0)} ms more than from the healthy one alone (low-speed window 1000 ms)`);
-  t.ok(cost < 1000 + 1000, `within the window + slack (${cost.toFixed(0)} ms)`);
+  t.ok(cost < 1000 + SLACK_MS, `within the window + slack (${cost.toFixed(0)} ms; the trickle alone would take minutes)`);
   t.same(bad.log, ['.cvmfspublished']);
 });
 
@@ -101,7 +104,8 @@ t.test('trickle: the 1-byte-per-5-s attacker of the report, with the default low
   bad.trickleMs = 900; // under the 1000 ms idle timeout, so only the low-speed limit can catch it
   const got = await openAndRead(opts(repo, [bad.url, good], path.join(base, 'cache')));
   t.ok(got.bytes['mid.bin']!.equals(files['mid.bin']!), 'true bytes');
-  t.ok(got.ms - baselineMs < 1000 + 1000, `dropped after the default window (= timeoutMs) + slack (${(got.ms - baselineMs).toFixed(0)} ms)`);
+  t.ok(got.ms - baselineMs < 1000 + SLACK_MS, `dropped after the default window (= timeoutMs) + slack (${(got.ms - baselineMs).toFixed(0)} ms; the trickle alone would take minutes)`);
+  t.same(bad.log, ['.cvmfspublished'], 'dropped on the first object and not asked again');
 });
 
 t.test('stall-body: headers and half the body, then silence: one idle timeout', async (t) => {
@@ -111,7 +115,7 @@ t.test('stall-body: headers and half the body, then silence: one idle timeout', 
   bad.modeOf = (rel) => (rel.startsWith('data/') && rel.endsWith('C') ? 'stall-body' : undefined); // catalogs only
   const got = await openAndRead(opts(repo, [bad.url, good], path.join(base, 'cache'), { lowSpeedLimitBytesPerSecond: 0 }));
   for (const [name, content] of Object.entries(files)) t.ok(got.bytes[name]!.equals(content), `${name}: true bytes`);
-  t.ok(got.ms - baselineMs < 2000, `about one timeout (${(got.ms - baselineMs).toFixed(0)} ms)`);
+  t.ok(got.ms - baselineMs < 1000 + SLACK_MS, `about one timeout (${(got.ms - baselineMs).toFixed(0)} ms)`);
   t.equal(bad.log.filter((r) => r.endsWith('C')).length, 1, 'one catalog request to the bad host, then sticky failover');
 });
 
@@ -122,7 +126,7 @@ t.test('truncate: a body that ends before its Content-Length is an error and fai
   bad.modeOf = (rel) => (rel.startsWith('data/') ? 'truncate' : undefined);
   const got = await openAndRead(opts(repo, [bad.url, good], path.join(base, 'cache'), { timeoutMs: 10_000 }));
   for (const [name, content] of Object.entries(files)) t.ok(got.bytes[name]!.equals(content), `${name}: true bytes`);
-  t.ok(got.ms - baselineMs < 1000, `no timeout waited for (${(got.ms - baselineMs).toFixed(0)} ms)`);
+  t.ok(got.ms - baselineMs < SLACK_MS, `no 10 s timeout waited for (${(got.ms - baselineMs).toFixed(0)} ms)`);
 
   const only = await faultyServer(repo.dir, repo.fqrn);
   t.teardown(() => only.close());
@@ -132,7 +136,7 @@ t.test('truncate: a body that ends before its Content-Length is an error and fai
   const t0 = performance.now();
   await t.rejects(f.fetch('.cvmfspublished', async (body) => { for await (const _ of body) { /* drain */ } return true; }),
     { code: 'CVMFS_ALL_SERVERS_FAILED', message: /CVMFS_TRANSFER_TRUNCATED/ });
-  t.ok(performance.now() - t0 < 2000, 'settles without waiting for a timeout');
+  t.ok(performance.now() - t0 < SLACK_MS, 'settles without waiting for the 10 s timeout');
 });
 
 t.test('all servers trickling: a coded error within a bounded time, listing each attempt', async (t) => {
@@ -151,7 +155,7 @@ t.test('all servers trickling: a coded error within a bounded time, listing each
   const msg = (err as Error).message;
   t.equal(msg.match(/CVMFS_TRANSFER_TOO_SLOW/g)?.length, 2, `both attempts named:\n${msg}`);
   t.ok(msg.includes(a.url) && msg.includes(b.url), 'each URL named');
-  t.ok(ms < 2 * 1000 + 2000, `two windows + slack (${ms.toFixed(0)} ms)`);
+  t.ok(ms < 2 * 1000 + SLACK_MS, `two windows + slack (${ms.toFixed(0)} ms)`);
 });
 
 t.test('deadline: a server fast enough for the low-speed limit but never done is cut at the deadline', async (t) => {
@@ -167,17 +171,19 @@ t.test('deadline: a server fast enough for the low-speed limit but never done is
   bad.modeOf = (rel) => (rel.includes(mid.slice(2)) ? 'trickle' : undefined);
   const got = await openAndRead(opts(repo, [bad.url, good], path.join(base, 'cache'), { deadlineMs: 1500 }));
   t.ok(got.bytes['mid.bin']!.equals(files['mid.bin']!), 'true bytes from the second server');
-  t.ok(got.ms - baselineMs < 1500 + 1000, `cut at the deadline (${(got.ms - baselineMs).toFixed(0)} ms)`);
+  t.ok(got.ms - baselineMs < 1500 + SLACK_MS, `cut at the deadline (${(got.ms - baselineMs).toFixed(0)} ms)`);
 
   bad.modeOf = undefined;
   bad.mode = 'trickle';
   const f = new Fetcher({ servers: [bad.url], timeoutMs: 1000, deadlineMs: 800, maxRetries: 3 });
   t.teardown(() => f.close());
+  const asked = bad.log.length;
   const t0 = performance.now();
   await t.rejects(f.fetch(`data/${mid.slice(0, 2)}/${mid.slice(2)}`, async (body) => { for await (const _ of body) { /* drain */ } }),
     { code: 'CVMFS_ALL_SERVERS_FAILED', message: /CVMFS_TRANSFER_DEADLINE/ });
   const ms = performance.now() - t0;
-  t.ok(ms < 800 + 1000, `one deadline, no retry of the slow host (${ms.toFixed(0)} ms)`);
+  t.equal(bad.log.length - asked, 1, 'no retry of the slow host');
+  t.ok(ms < 800 + SLACK_MS, `one deadline (${ms.toFixed(0)} ms)`);
 });
 
 t.test('a slow consumer is not a slow server: the clock stops while the consumer holds the stream', async (t) => {
@@ -210,5 +216,5 @@ t.test('an AbortSignal settles a fetch at once', async (t) => {
   t.teardown(() => f.close());
   const t0 = performance.now();
   await t.rejects(f.fetch('.cvmfspublished', async () => 1, { signal: AbortSignal.timeout(100) }), { code: 'CVMFS_ABORTED' });
-  t.ok(performance.now() - t0 < 1000, 'settled at the abort');
+  t.ok(performance.now() - t0 < SLACK_MS, 'settled at the abort, not at the 10 s timeout');
 });
