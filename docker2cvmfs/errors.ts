@@ -22,6 +22,7 @@ export type ConvertErrorCode =
   | 'D2C_REPOSITORY_ERROR'    // the writer failed (wraps a CvmfsError)
   | 'D2C_DOCKER_ERROR'        // --load: the local dockerd refused
   | 'D2C_IO_FAILED'
+  | 'D2C_ABORTED'             // the caller's AbortSignal fired (a transfer was cancelled)
   | 'D2C_INTERNAL';
 
 /** What the exit code tells a script. */
@@ -49,6 +50,7 @@ const TABLE: Readonly<Record<ConvertErrorCode, readonly [ErrorKind, ExitClass]>>
   D2C_REPOSITORY_ERROR: ['unavailable', 'repository'],
   D2C_DOCKER_ERROR: ['unavailable', 'other'],
   D2C_IO_FAILED: ['unavailable', 'other'],
+  D2C_ABORTED: ['unavailable', 'other'],
   D2C_INTERNAL: ['internal', 'other'],
 };
 

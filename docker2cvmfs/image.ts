@@ -11,6 +11,8 @@ export const MEDIA = {
   dockerLayerGzip: 'application/vnd.docker.image.rootfs.diff.tar.gzip',
   dockerLayerZstd: 'application/vnd.docker.image.rootfs.diff.tar.zstd',
   dockerLayerForeign: 'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip',
+  /** Uncompressed Docker layer: `docker save` (legacy layout) `layer.tar` files. */
+  dockerLayer: 'application/vnd.docker.image.rootfs.diff.tar',
   ociManifest: 'application/vnd.oci.image.manifest.v1+json',
   ociIndex: 'application/vnd.oci.image.index.v1+json',
   ociConfig: 'application/vnd.oci.image.config.v1+json',
@@ -29,7 +31,7 @@ export function layerMediaType(mediaType: string): { compression: LayerCompressi
   switch (mediaType) {
     case MEDIA.dockerLayerGzip: case MEDIA.ociLayerGzip: return { compression: 'gzip', foreign: false };
     case MEDIA.dockerLayerZstd: case MEDIA.ociLayerZstd: return { compression: 'zstd', foreign: false };
-    case MEDIA.ociLayer: return { compression: 'none', foreign: false };
+    case MEDIA.ociLayer: case MEDIA.dockerLayer: return { compression: 'none', foreign: false };
     case MEDIA.dockerLayerForeign: case MEDIA.ociLayerNondistGzip: return { compression: 'gzip', foreign: true };
     case MEDIA.ociLayerNondistZstd: return { compression: 'zstd', foreign: true };
     case MEDIA.ociLayerNondist: return { compression: 'none', foreign: true };

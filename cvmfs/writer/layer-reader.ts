@@ -27,6 +27,9 @@ export const MAX_BODIES_IN_FLIGHT = 1024;
 export interface LayerReadStats {
   entries: number;
   files: number;
+  /** Hardlinks into a lower layer stored as copies / left out (missingHardlink). */
+  hardlinksCopied: number;
+  hardlinksSkipped: number;
   /** Uncompressed bytes of regular file content. */
   contentBytes: number;
   compression: TarCompression;
@@ -38,6 +41,8 @@ export interface LayerReadContext {
   readonly pool: ZlibPool;
   readonly sink: ObjectSink;
   readonly now: Date;
+  /** A hardlink to a name not in this tar: its content to store instead, or undefined to leave it out (transaction.ts IngestOptions). */
+  readonly missingHardlink?: (name: string, target: string) => Promise<Buffer | undefined>;
 }
 
 function metaOf(e: CheckedEntry, typeBits: number): NodeMeta {
@@ -53,7 +58,7 @@ export async function readLayer(input: Readable, ctx: LayerReadContext): Promise
   const nowSeconds = Math.floor(now.getTime() / 1000);
   const tree = new LayerTree({ mode: S_IFDIR | 0o755, uid: 0, gid: 0, mtime: nowSeconds, mtimens: null, xattr: null });
   const tarIn = await openTar(input);
-  const stats: LayerReadStats = { entries: 0, files: 0, contentBytes: 0, compression: tarIn.compression };
+  const stats: LayerReadStats = { entries: 0, files: 0, hardlinksCopied: 0, hardlinksSkipped: 0, contentBytes: 0, compression: tarIn.compression };
 
   // Every empty file shares one content, known at once; readLayer returns only once the empty object is stored.
   const empty = encodeObject(new Uint8Array(0), '', algo);
@@ -152,9 +157,21 @@ export async function readLayer(input: Readable, ctx: LayerReadContext): Promise
         case 'symlink':
           tree.addSymlink(parts, name, metaOf(e, S_IFLNK), e.symlinkTarget);
           break;
-        case 'link':
-          tree.addHardlink(parts, name, e.linkParts!, entry.header.linkname ?? '');
+        case 'link': {
+          if (ctx.missingHardlink === undefined || tree.find(e.linkParts!) !== undefined) {
+            tree.addHardlink(parts, name, e.linkParts!, entry.header.linkname ?? '');
+            break;
+          }
+          const bytes = await ctx.missingHardlink(name, e.linkParts!.join('/'));
+          if (bytes === undefined) { stats.hardlinksSkipped++; break; }
+          const size = bytes.length;
+          const body = (async function* () { yield bytes; })();
+          const content = size === 0 ? emptyContent
+            : (size > CHUNKING_THRESHOLD_BYTES ? await readChunked(body, size, name) : await readWhole(body, size, name)).content;
+          tree.addFile(parts, name, metaOf(e, S_IFREG), size, content);
+          stats.hardlinksCopied++;
           break;
+        }
         case 'character-device':
         case 'block-device':
           tree.addSpecial(parts, name, metaOf(e, e.type === 'character-device' ? S_IFCHR : S_IFBLK), makedev(e.devMajor, e.devMinor));

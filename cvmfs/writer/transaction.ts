@@ -89,6 +89,18 @@ export interface TransactionIngestResult {
   readonly counters: Counters;
 }
 
+export interface IngestOptions {
+  /** Adds `.cvmfscatalog` to the new catalog root (default true). */
+  readonly catalogMarker?: boolean;
+  /**
+   * A hardlink whose target is not an earlier entry of the tar (a layer linking into a lower
+   * one): the content to store under its name, found with `read` (readFile of this transaction's
+   * state, usable from inside the ingest), or undefined to leave the entry out. Without it such a
+   * link fails the ingest with CVMFS_TAR_HARDLINK_MISSING.
+   */
+  readonly missingHardlink?: (name: string, target: string, read: (path: string) => Promise<Buffer | undefined>) => Promise<Buffer | undefined>;
+}
+
 export interface Transaction {
   readonly fqrn: string;
   /** Revision the transaction started from. */
@@ -104,7 +116,7 @@ export interface Transaction {
    *  a regular file; CVMFS_BAD_ARGUMENT above TRANSACTION_FILE_MAX_BYTES. */
   readFile(path: string): Promise<Buffer | undefined>;
   /** The tar stream becomes a new nested catalog at `path`, replacing what was there. */
-  ingest(path: string, input: Readable, opts?: { catalogMarker?: boolean }): Promise<TransactionIngestResult>;
+  ingest(path: string, input: Readable, opts?: IngestOptions): Promise<TransactionIngestResult>;
   /** An empty nested catalog (with .cvmfscatalog) at `path` when nothing is there; nothing when
    *  `path` already is a nested catalog's root; CVMFS_PATH_CONFLICT if something else is there.
    *  Missing parents are created 0:0 0755. */
@@ -449,8 +461,12 @@ class TransactionImpl implements Transaction {
   }
 
   readFile(p: string): Promise<Buffer | undefined> {
-    return this.run('readFile', async () => {
-      const n = normalizeRepoPath(p);
+    return this.run('readFile', () => this.readFileNow(normalizeRepoPath(p)));
+  }
+
+  /** readFile without the sequential-call guard: for the hardlink resolver, called inside an ingest. */
+  private async readFileNow(n: string): Promise<Buffer | undefined> {
+    {
       const db = this.dbOf(await this.catalogFor(n));
       const e = db.lookup(n);
       if (e === undefined) return undefined;
@@ -480,7 +496,7 @@ class TransactionImpl implements Transaction {
         throw new CvmfsError('CVMFS_BAD_CATALOG', `${n}: its content is ${content.length} bytes, the catalog says ${e.size}`);
       }
       return content;
-    });
+    }
   }
 
   // --- changing --------------------------------------------------------------------------------
@@ -582,7 +598,7 @@ class TransactionImpl implements Transaction {
     });
   }
 
-  ingest(p: string, input: Readable, opts: { catalogMarker?: boolean } = {}): Promise<TransactionIngestResult> {
+  ingest(p: string, input: Readable, opts: IngestOptions = {}): Promise<TransactionIngestResult> {
     return this.run('ingest', async () => {
       const n = normalizeRepoPath(p);
       if (n === '') throw new CvmfsError('CVMFS_BAD_ARGUMENT', 'ingest needs a path below the repository root, such as /layers/<digest>');
@@ -598,7 +614,11 @@ class TransactionImpl implements Transaction {
       const before = { ...this.sink.stats };
       this.pool ??= new ZlibPool(this.threads ? { threads: this.threads } : {});
       const now = this.clock.now();
-      const { tree, stats } = await readLayer(input, { mountPath: n, algo: this.algo, pool: this.pool, sink: this.sink, now });
+      const resolve = opts.missingHardlink;
+      const missingHardlink = resolve
+        ? (name: string, target: string) => resolve(name, target, (q) => this.readFileNow(normalizeRepoPath(q)))
+        : undefined;
+      const { tree, stats } = await readLayer(input, { mountPath: n, algo: this.algo, pool: this.pool, sink: this.sink, now, missingHardlink });
       const file = this.nextFile();
       const built = await buildLayerCatalog(file, tree.root, n, {
         algo: this.algo, now, catalogMarker: opts.catalogMarker ?? true,
