@@ -141,7 +141,7 @@ async function runConvert(images: string[], f: RegistryFlags & OutputFlags & {
       const outcome = summary.images[k]!;
       const thin = buildThinImage(o.image, makeThinJson(outcome.thinLayers, o.image.name));
       const ref = thinRef(format, o, opened.length > 1);
-      const name = formatReference(ref);
+      const name = formatReference(ref, { familiar: true });
       if (f.push) thins.push({ image: o.image.name, name, output: 'registry', digest: await pushThinImage(client, ref, thin) });
       if (f.load) { await loadThinImage(ref, thin, process.env['DOCKER_HOST']); thins.push({ image: o.image.name, name, output: 'docker' }); }
       if (f.output) { await writeThinArchive(f.output, ref, thin); thins.push({ image: o.image.name, name, output: f.output }); }

@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
 import { busyboxRootfsTar, dockerUnavailable, startManagedDaemon, type Daemon } from '../lib/dockerd.js';
+import { convertedImageTests } from './converted-images.js';
 import { hostileImageTests } from './hostile-images.js';
 import { regularImageTests } from './regular-images.js';
 import { goodDescriptor, importThin, prepareThinRepositories, thinImageTests, type ThinRepositories } from './thin-images.js';
@@ -42,6 +43,7 @@ if (why) {
   regularImageTests(t, daemon);
   thinImageTests(t, daemon);
   hostileImageTests(t, daemon);
+  convertedImageTests(t, daemon, () => { if (!repos) throw new Error('repositories not prepared'); return repos; });
 
   t.test('plugin restart with no running containers: layers found again, regular and thin images run', async (t) => {
     const d = daemon();

@@ -17,6 +17,8 @@ import { tarOf } from '../lib/tar-of.js';
 const run = promisify(execFile);
 export const THIN_FQRN = 'thin.example.org';
 export const DUCC_FQRN = 'unpacked.example.net';
+/** Empty at start: docker2cvmfs converts into it during the tests (converted-images.ts). */
+export const CONVERTED_FQRN = 'converted.example.org';
 const DEAD_FQRN = 'dead.example.org';
 const BIG_BYTES = 40 * 1024 * 1024;
 const digest = (s: string) => createHash('sha256').update(s).digest('hex');
@@ -31,6 +33,8 @@ export interface ThinRepositories {
   readonly configDir: string;
   /** CVMFSGD_SERVER_URL: the default pattern, which reaches THIN_FQRN. */
   readonly serverUrl: string;
+  /** The repository docker2cvmfs writes (served, and configured in the plugin). */
+  readonly converted: { readonly dir: string; readonly keys: string; readonly fqrn: string };
   close(): Promise<void>;
 }
 
@@ -66,18 +70,22 @@ export async function prepareThinRepositories(work: string): Promise<ThinReposit
   fs.rmSync(b, { recursive: true, force: true });
   await ducc.ingest(duccPath(dd2), await tarOf([{ type: 'file', name: 'etc/hello', content: 'from cvmfs\n' }, { type: 'file', name: 'bin/.wh.ls' }]));
 
-  const servers: RepositoryServer[] = [await serveRepository({ dir: thin.dir, fqrn: THIN_FQRN }), await serveRepository({ dir: ducc.dir, fqrn: DUCC_FQRN })];
+  const converted = await makeRepo(path.join(work, 'converted'), CONVERTED_FQRN);
+  const servers: RepositoryServer[] = [await serveRepository({ dir: thin.dir, fqrn: THIN_FQRN }), await serveRepository({ dir: ducc.dir, fqrn: DUCC_FQRN }),
+    await serveRepository({ dir: converted.dir, fqrn: CONVERTED_FQRN })];
   const configDir = path.join(work, 'cfg');
   fs.mkdirSync(path.join(configDir, 'keys'), { recursive: true });
   fs.copyFileSync(path.join(thin.keys, `${THIN_FQRN}.pub`), path.join(configDir, 'keys', `${THIN_FQRN}.pub`));
   fs.copyFileSync(path.join(thin.keys, `${THIN_FQRN}.pub`), path.join(configDir, 'keys', `${DEAD_FQRN}.pub`));
   fs.copyFileSync(path.join(ducc.keys, `${DUCC_FQRN}.pub`), path.join(configDir, 'keys', 'example.net.pub'));
+  fs.copyFileSync(path.join(converted.keys, `${CONVERTED_FQRN}.pub`), path.join(configDir, 'keys', `${CONVERTED_FQRN}.pub`));
   fs.writeFileSync(path.join(configDir, 'repositories.json'), JSON.stringify({
     [DUCC_FQRN]: { servers: [servers[1]!.url] },
     [DEAD_FQRN]: { servers: [`http://127.0.0.1:9/cvmfs/${DEAD_FQRN}`] },
+    [CONVERTED_FQRN]: { servers: [servers[2]!.url] },
   }));
   return {
-    configDir, serverUrl: servers[0]!.url.replace(THIN_FQRN, '@fqrn@'),
+    configDir, serverUrl: servers[0]!.url.replace(THIN_FQRN, '@fqrn@'), converted: { dir: converted.dir, keys: converted.keys, fqrn: CONVERTED_FQRN },
     close: async () => { for (const s of servers) await s.close(); },
   };
 }

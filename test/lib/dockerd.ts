@@ -31,6 +31,8 @@ export interface Daemon {
   /** The driver's Home as the host sees it. */
   readonly home: string;
   readonly docker: DockerCall;
+  /** DOCKER_HOST of this daemon (`unix://…`). */
+  readonly dockerHost: string;
   pluginLog(): string;
   /** Kills the plugin process and waits until it serves again (no Init is resent: G2). */
   restartPlugin(): Promise<void>;
@@ -141,7 +143,7 @@ export async function startDaemon(o: { pluginEnv?: Record<string, string>; built
     throw err;
   }
   return {
-    dir, driverName, home: path.join(dir, 'root', driverName), docker: d.docker,
+    dir, driverName, home: path.join(dir, 'root', driverName), docker: d.docker, dockerHost: `unix://${d.sock}`,
     pluginLog: () => (fs.existsSync(pluginLogFile) ? fs.readFileSync(pluginLogFile, 'utf8') : ''),
     restartPlugin: async () => {
       if (!plugin) throw new Error('no plugin process: the daemon runs a built-in driver');
@@ -195,7 +197,7 @@ export async function startManagedDaemon(o: ManagedOptions = {}): Promise<Daemon
     try { return fs.readFileSync(`/proc/${p}/cgroup`, 'utf8').includes(id) && fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('plugin/main.js'); } catch { return false; }
   }).map(Number);
   return {
-    dir, driverName: name, home: path.join(dataRoot, 'plugins', id, 'propagated-mount', name), docker: d.docker,
+    dir, driverName: name, home: path.join(dataRoot, 'plugins', id, 'propagated-mount', name), docker: d.docker, dockerHost: `unix://${d.sock}`,
     pluginLog: () => d.log().split('\n').filter((l) => l.includes(`plugin=${id}`)).join('\n'),
     restartPlugin: async () => {
       const before = pluginPids();
