@@ -187,6 +187,8 @@ function configYaml(o: { port: number; storage: string; mode: RegistryMode; htpa
     'storage:', '  filesystem:', `    rootdirectory: ${o.storage}`, '  delete:', '    enabled: true',
     '  maintenance:', '    uploadpurging:', '      enabled: false',
     'http:', `  addr: 127.0.0.1:${o.port}`, `  secret: ${randomBytes(16).toString('hex')}`,
+    // Foreign layers may name URLs on loopback (tests serve them there).
+    'validation:', '  manifests:', '    urls:', '      allow:', "        - '^http://127\\.0\\.0\\.1:'",
   ];
   if (o.mode === 'htpasswd') lines.push('auth:', '  htpasswd:', '    realm: test-registry', `    path: ${o.htpasswd}`);
   if (o.mode === 'token') {

@@ -7,6 +7,8 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
@@ -188,6 +190,23 @@ else {
     await failsCleanly(t, args(reg.name('odd:1')), 4, /D2C_UNSUPPORTED_MEDIA_TYPE/);
   });
 
+  t.test('foreign layers: refused with a clear message, converted with --allow-foreign', async (t) => {
+    const layer = await layerOf([{ type: 'file', name: 'foreign', content: 'from elsewhere\n' }]);
+    const served: string[] = [];
+    const elsewhere = http.createServer((req, res) => { served.push(req.url ?? ''); res.end(layer.blob); });
+    await new Promise<void>((r) => elsewhere.listen(0, '127.0.0.1', r));
+    t.teardown(() => new Promise<void>((r) => elsewhere.close(() => r())));
+    const url = `http://127.0.0.1:${(elsewhere.address() as AddressInfo).port}/blobs/foreign.tar.gz`;
+    const foreign = { ...layer, descriptor: { ...layer.descriptor, mediaType: MEDIA.dockerLayerForeign, urls: [url] } };
+    await pushImage(client, parseReference(reg.name('foreign:1')), withLayers(app, [foreign]));
+    const args = ['convert', reg.name('foreign:1'), '--repo', repo.dir, '--keys', repo.keys, '--no-thin'];
+    await failsCleanly(t, args, 4, /D2C_FOREIGN_LAYER: .*--allow-foreign/);
+    const r = await d2c([...args, '--allow-foreign']);
+    t.equal(r.code, 0, r.stderr);
+    t.equal((await repo.read()).entries.get(`${layerRoot(layer.descriptor.digest)}/layerfs/foreign`)?.content?.toString(), 'from elsewhere\n');
+    t.same(served, ['/blobs/foreign.tar.gz'], 'fetched from its URL');
+  });
+
   t.test('bad blobs served by the registry: digest mismatch, truncation', async (t) => {
     const args = (img: string) => ['convert', img, '--repo', repo.dir, '--keys', repo.keys, '--no-thin'];
     const blobFile = (d: string) => path.join(reg.storageDir, 'docker/registry/v2/blobs/sha256', hex(d).slice(0, 2), hex(d), 'data');
@@ -239,11 +258,21 @@ else {
     t.match(again.stdout, /nothing to do/, 'the second run says nothing changed');
     t.notMatch(again.stdout, /pushed\)/);
 
+    // The tag moves: app:1.1 now has another top layer.
+    const v3 = withLayers(app, [...app.layers.slice(0, 2), await layerOf([{ type: 'file', name: 'etc/v3', content: 'three\n' }])]);
+    await pushImage(client, parseReference(reg.name('app:1.1')), v3);
+    const moved = await d2c(['sync', recipe, '--repo', repo.dir, '--keys', repo.keys]);
+    t.equal(moved.code, 0, moved.stderr);
+    t.match(moved.stdout, /converted +\S*app:1\.1 → \S*thin\/app:1\.1 \(pushed\)/, 'a moved tag is converted again and its thin image pushed');
+    t.match(moved.stdout, /unchanged +\S*app:1 → \S*thin\/app:1 \(present\)/, 'the other is left alone');
+    t.match(moved.stdout, /1 layers new, 4 reused/);
+
     const before = await revision();
     fs.writeFileSync(recipe, ['version: 1', `cvmfs_repo: ${repo.fqrn}`, 'input:', `  - 'http://${reg.host}/app:1'`, ''].join('\n'));
     const dry = await d2c(['sync', recipe, '--repo', repo.dir, '--keys', repo.keys, '--gc', '--grace-period', '0', '--dry-run', '--no-thin']);
     t.equal(dry.code, 0, dry.stderr);
-    t.match(dry.stdout, new RegExp(`would remove layer ${hex(v2.layers[2]!.descriptor.digest)}`));
+    t.match(dry.stdout, new RegExp(`would remove layer ${hex(v2.layers[2]!.descriptor.digest)}`), 'the layer of the tag before it moved');
+    t.match(dry.stdout, new RegExp(`would remove layer ${hex(v3.layers[2]!.descriptor.digest)}`), 'the layer of the image no longer listed');
     t.match(dry.stdout, /would remove image marker .*app:1\.1/);
     t.equal(await revision(), before, 'a dry run changes nothing');
     const gc = await d2c(['sync', recipe, '--repo', repo.dir, '--keys', repo.keys, '--gc', '--grace-period', '0', '--no-thin']);
@@ -251,7 +280,8 @@ else {
     const read = await repo.read();
     t.equal(read.revision, before + 1, 'one revision for the collection');
     t.same(read.problems, []);
-    t.notOk(read.entries.has(layerRoot(v2.layers[2]!.descriptor.digest)), 'the layer only app:1.1 used is gone');
+    for (const l of [v2.layers[2]!, v3.layers[2]!]) t.notOk(read.entries.has(layerRoot(l.descriptor.digest)), 'a layer only app:1.1 used is gone');
+    t.notOk(read.entries.has(`/.metadata/${reg.host}/app:1.1`), 'and its marker');
     for (const l of app.layers) t.ok(read.entries.has(`${layerRoot(l.descriptor.digest)}/layerfs`), 'layers of the kept image stay');
   });
 
