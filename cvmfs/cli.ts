@@ -9,21 +9,26 @@ import { CodedError, CvmfsError, messageOf } from './errors.js';
 import { parseHashAlgo } from './format/hash.js';
 import { openRepository } from './reader/repository.js';
 import { serveRepository } from './server/http-server.js';
+import { openStorage, type OpenedStorage } from './writer/open-storage.js';
+import type { RepositoryStorage } from './writer/storage.js';
 import { DirStorage } from './writer/storage-dir.js';
 import { ingest, initRepository, repositoryInfo, resign } from './writer/repository.js';
 import { loadState } from './writer/repository-state.js';
 
 const USAGE = `usage:
-  cvmfs-repo init    --dir R --keys K --name FQRN [--hash sha1|shake128]
-  cvmfs-repo ingest  --dir R --keys K --path /some/path [FILE|-]
-  cvmfs-repo resign  --dir R --keys K [--days N]
-  cvmfs-repo info    --dir R [--json]
+  cvmfs-repo init    (--dir R | --store S) --keys K --name FQRN [--hash sha1|shake128]
+  cvmfs-repo ingest  (--dir R | --store S) --keys K --path /some/path [FILE|-]
+  cvmfs-repo resign  (--dir R | --store S) --keys K [--days N]
+  cvmfs-repo info    (--dir R | --store S) [--json]
   cvmfs-repo serve   --dir R [--port P] [--bind ADDR]
   cvmfs-repo mount   --url URL[,URL…] --name FQRN --pubkey FILE[,FILE…] --cache DIR [--quota MB] [--proxy P] [--ttl S] MOUNTPOINT
   cvmfs-repo cat     --url URL[,URL…] --name FQRN --pubkey FILE[,FILE…] [--cache DIR] PATH
   cvmfs-repo ls      --url URL[,URL…] --name FQRN --pubkey FILE[,FILE…] [--cache DIR] [PATH]
 
 R is the served repository tree, K the key directory (kept outside R).
+S is s3://BUCKET[/PREFIX] (or a directory, as --dir), with [--s3-endpoint URL] [--s3-region REGION]
+for S3-compatible stores (default $AWS_ENDPOINT_URL_S3, else AWS S3) and credentials from the
+AWS SDK's default chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, …).
 ingest reads a tar stream (plain, gzip or zstd) from FILE or standard input.
 mount serves the repository read-only through FUSE until SIGINT or SIGTERM.
 cat and ls cache in $XDG_CACHE_HOME/cvmfs-graphdriver/FQRN (else ~/.cache/…) without --cache;
@@ -43,6 +48,19 @@ function defaultCacheDir(fqrn: string, env: NodeJS.ProcessEnv): string {
   return path.join(base, 'cvmfs-graphdriver', fqrn);
 }
 
+interface StoreFlags { readonly dir?: string | undefined; readonly store?: string | undefined;
+  readonly 's3-endpoint'?: string | undefined; readonly 's3-region'?: string | undefined }
+
+/** The storage named by exactly one of --dir R and --store S (writer/open-storage.ts). */
+async function parseStore(f: StoreFlags, env: NodeJS.ProcessEnv): Promise<OpenedStorage> {
+  try {
+    return await openStorage({ dir: f.dir, store: f.store, s3Endpoint: f['s3-endpoint'], s3Region: f['s3-region'] }, env);
+  } catch (err) {
+    if (err instanceof CvmfsError && err.code === 'CVMFS_BAD_ARGUMENT') throw new UsageError(err.message.replace(/^CVMFS_BAD_ARGUMENT: /, ''));
+    throw err;
+  }
+}
+
 function need(v: string | undefined, flag: string): string {
   if (v === undefined || v === '') throw new UsageError(`missing --${flag}`);
   return v;
@@ -55,20 +73,35 @@ function fmtBytes(n: number): string {
   return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
 }
 
-async function main(argv: string[]): Promise<number> {
-  const [cmd, ...rest] = argv;
-  if (!cmd || cmd === '-h' || cmd === '--help' || cmd === 'help') { console.log(USAGE); return cmd ? 0 : 2; }
-  const { values: v, positionals } = parseArgs({
-    args: rest, allowPositionals: true, strict: true,
+function parse(args: string[]) {
+  return parseArgs({
+    args, allowPositionals: true, strict: true,
     options: {
-      dir: { type: 'string' }, keys: { type: 'string' }, name: { type: 'string' }, hash: { type: 'string' },
+      dir: { type: 'string' }, store: { type: 'string' }, 's3-endpoint': { type: 'string' }, 's3-region': { type: 'string' },
+      keys: { type: 'string' }, name: { type: 'string' }, hash: { type: 'string' },
       path: { type: 'string' }, days: { type: 'string' }, port: { type: 'string' }, bind: { type: 'string' },
       json: { type: 'boolean' }, threads: { type: 'string' },
       url: { type: 'string' }, pubkey: { type: 'string' }, cache: { type: 'string' }, quota: { type: 'string' },
       proxy: { type: 'string' }, ttl: { type: 'string' }, debug: { type: 'boolean' }, 'allow-other': { type: 'boolean' },
     },
   });
-  const storage = () => new DirStorage(need(v.dir, 'dir'));
+}
+type Values = ReturnType<typeof parse>['values'];
+
+async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  if (!cmd || cmd === '-h' || cmd === '--help' || cmd === 'help') { console.log(USAGE); return cmd ? 0 : 2; }
+  const { values: v, positionals } = parse(rest);
+  let opened: OpenedStorage | undefined;
+  const storage = async (): Promise<RepositoryStorage> => (opened ??= await parseStore(v, process.env)).storage;
+  try {
+    return await run(cmd, v, positionals, storage);
+  } finally {
+    opened?.close();
+  }
+}
+
+async function run(cmd: string, v: Values, positionals: string[], storage: () => Promise<RepositoryStorage>): Promise<number> {
   const client = async (cacheDefault?: string) => {
     const fqrn = need(v.name, 'name');
     const pubkeys = need(v.pubkey, 'pubkey').split(',');
@@ -84,9 +117,10 @@ async function main(argv: string[]): Promise<number> {
   };
   switch (cmd) {
     case 'init': {
-      const st = await initRepository({ storage: storage(), keysDir: need(v.keys, 'keys'), fqrn: need(v.name, 'name'),
+      const where = await storage();
+      const st = await initRepository({ storage: where, keysDir: need(v.keys, 'keys'), fqrn: need(v.name, 'name'),
         algo: parseHashAlgo(v.hash ?? 'sha1') });
-      console.log(`created ${st.manifest.fqrn} at ${v.dir} (revision ${st.manifest.revision}, ${st.algo}); keys in ${v.keys}`);
+      console.log(`created ${st.manifest.fqrn} at ${where.location} (revision ${st.manifest.revision}, ${st.algo}); keys in ${v.keys}`);
       console.log(`whitelist expires ${st.whitelist.expires.slice(0, 8)}: run "cvmfs-repo resign" before then`);
       return 0;
     }
@@ -96,7 +130,7 @@ async function main(argv: string[]): Promise<number> {
       // unhandled 'error' event on a stream nobody reads yet.
       const input = file === '-' ? process.stdin : (await open(file, 'r')).createReadStream();
       const t0 = process.hrtime.bigint();
-      const r = await ingest({ storage: storage(), keysDir: need(v.keys, 'keys'), path: need(v.path, 'path'), input,
+      const r = await ingest({ storage: await storage(), keysDir: need(v.keys, 'keys'), path: need(v.path, 'path'), input,
         ...(v.threads ? { threads: Number(v.threads) } : {}) });
       const s = Number(process.hrtime.bigint() - t0) / 1e9;
       console.log(`${r.fqrn} revision ${r.revision}: ${v.path} ← ${r.layer.entries} entries (${r.layer.compression}), ` +
@@ -106,12 +140,12 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'resign': {
       const days = v.days === undefined ? undefined : Number(v.days);
-      const exp = await resign({ storage: storage(), keysDir: need(v.keys, 'keys'), ...(days !== undefined ? { days } : {}) });
+      const exp = await resign({ storage: await storage(), keysDir: need(v.keys, 'keys'), ...(days !== undefined ? { days } : {}) });
       console.log(`whitelist re-signed; expires ${exp.toISOString()}`);
       return 0;
     }
     case 'info': {
-      const i = await repositoryInfo(storage());
+      const i = await repositoryInfo(await storage());
       if (v.json) {
         console.log(JSON.stringify(i, (_k, x: unknown) => (typeof x === 'bigint' ? Number(x) : x), 2));
         return 0;
@@ -129,6 +163,7 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'serve': {
+      if (v.store !== undefined) throw new UsageError('serve serves a local directory (--dir R); serve a bucket through its own HTTP endpoint');
       const dir = need(v.dir, 'dir');
       const { manifest } = await loadState(new DirStorage(dir));
       const srv = await serveRepository({ dir, fqrn: manifest.fqrn, port: Number(v.port ?? 8000), bind: v.bind ?? '127.0.0.1',

@@ -2,7 +2,8 @@
  * Where a repository's served files live. The writer only ever adds content-addressed objects
  * (never replacing one) and replaces the top-level letters (`.cvmfswhitelist`, then
  * `.cvmfspublished` last) atomically. Implementations: storage-dir.ts (a local directory served
- * by any web server); an S3 variant comes with the publisher.
+ * by any web server); storage-s3.ts (an S3 bucket under a prefix, whose HTTP endpoint is served; the
+ * manifest is one PutObject issued after every upload was answered).
  */
 export interface ObjectStats { readonly count: number; readonly bytes: number }
 
@@ -21,7 +22,7 @@ export interface RepositoryStorage {
   readonly location: string;
   /** The local directory that is served, when there is one (to keep private keys out of it). */
   readonly localDir?: string;
-  /** Creates the skeleton (`data/00`…`data/ff`, staging area). Idempotent. */
+  /** Creates the skeleton (`data/00`…`data/ff`, staging area) where there is one; checks that the store exists. Idempotent. */
   init(): Promise<void>;
   /** Bytes of a served file (letter or `data/…` object), or undefined when absent. */
   get(name: string): Promise<Buffer | undefined>;
