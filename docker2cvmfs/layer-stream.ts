@@ -22,7 +22,12 @@ export interface VerifiedLayerOptions {
   readonly onProgress?: (compressedBytes: number) => void;
 }
 
-export interface LayerTotals { readonly compressedBytes: number; readonly uncompressedBytes: number }
+export interface LayerTotals {
+  readonly compressedBytes: number;
+  readonly uncompressedBytes: number;
+  /** The diffID computed from the tar: present only when the caller gave none to check against. */
+  readonly diffId?: string;
+}
 
 export interface VerifiedLayer {
   /** The uncompressed tar. A clean `end` means: blob digest, size and diffID all verified. */
@@ -102,8 +107,10 @@ class CompressedTap extends Transform {
 class VerifyingOutput extends Transform {
   private readonly hash: Hash = createHash('sha256');
   bytes = 0;
+  /** sha256 of the tar, `sha256:…`, once flushed. */
+  computed: string | undefined;
 
-  constructor(private readonly d: Descriptor, private readonly diffId: string, private readonly upstreamVerified: () => boolean) { super(); }
+  constructor(private readonly d: Descriptor, private readonly diffId: string | undefined, private readonly upstreamVerified: () => boolean) { super(); }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     this.bytes += chunk.length;
@@ -119,7 +126,8 @@ class VerifyingOutput extends Transform {
       return;
     }
     const got = `sha256:${this.hash.digest('hex')}`;
-    if (got !== this.diffId) {
+    this.computed = got;
+    if (this.diffId !== undefined && got !== this.diffId) {
       cb(new ConvertError('D2C_DIFFID_MISMATCH',
         `layer ${this.d.digest}: uncompressed content has diffID ${got}, the image config says ${this.diffId}`));
       return;
@@ -155,9 +163,11 @@ function readError(err: unknown, d: Descriptor): ConvertError {
 
 /**
  * Decompresses `blob` per `d.mediaType` and verifies it against `d` (digest, size) and `diffId`.
+ * With `diffId` undefined (a layer known by its compressed digest only, as the publisher gets
+ * them), the diffID is computed instead and given in `done`.
  * The caller must read `tar` to the end (or destroy it); `done` settles after the last check.
  */
-export function verifiedLayer(blob: Readable, d: Descriptor, diffId: string, opts: VerifiedLayerOptions = {}): VerifiedLayer {
+export function verifiedLayer(blob: Readable, d: Descriptor, diffId: string | undefined, opts: VerifiedLayerOptions = {}): VerifiedLayer {
   const kind = layerMediaType(d.mediaType);
   const compression: LayerCompression = kind?.compression ?? 'none';
   const tap = new CompressedTap(d, compression, opts.onProgress);
@@ -198,7 +208,9 @@ export function verifiedLayer(blob: Readable, d: Descriptor, diffId: string, opt
     signal?.removeEventListener('abort', onAbort);
     // A consumer destroying `tar` early shows up here as ERR_STREAM_PREMATURE_CLOSE.
     if (err) { fail(err); return; }
-    if (!failed) settle.resolve({ compressedBytes: tap.bytes, uncompressedBytes: output.bytes });
+    if (failed) return;
+    const totals = { compressedBytes: tap.bytes, uncompressedBytes: output.bytes };
+    settle.resolve(diffId === undefined ? { ...totals, diffId: output.computed! } : totals);
   });
   return { tar: output, done };
 }

@@ -29,20 +29,30 @@ const WHOLE_READ_BYTES = 4 * 1024 * 1024;
 const OBJECT_MAX_AGE_S = 3 * 24 * 3600;
 const SERVABLE = /^(\.cvmfs[A-Za-z0-9_.-]*|data\/[0-9a-f]{2}\/[0-9a-z-]+[A-Z]?)$/;
 
-export async function serveRepository(o: ServeOptions): Promise<RepositoryServer> {
+export interface RepositoryHandlerOptions {
+  readonly dir: string;
+  readonly fqrn: string;
+  readonly log?: (line: string) => void;
+}
+
+/** Answers one request for the repository (404 outside `/cvmfs/<fqrn>/`); never rejects. */
+export type RepositoryHandler = (req: http.IncomingMessage, res: http.ServerResponse) => Promise<void>;
+
+/**
+ * The request handler of `serveRepository`, for embedding in another server (the publisher's
+ * `--serve`): same paths, headers and cache lifetimes.
+ */
+export function repositoryHandler(o: RepositoryHandlerOptions): RepositoryHandler {
   const root = path.resolve(o.dir);
   const prefix = `/cvmfs/${o.fqrn}/`;
-  const server = http.createServer({ noDelay: true, keepAlive: true }, (req, res) => {
-    void handle(req, res);
-  });
-  server.keepAliveTimeout = 60_000;
 
-  async function handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+  return async function handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const url = (req.url ?? '/').split('?')[0]!;
     const send = (status: number, text: string) => { res.writeHead(status, { 'Content-Type': 'text/plain' }); res.end(text + '\n'); };
     if (req.method !== 'GET' && req.method !== 'HEAD') return send(405, 'method not allowed');
     if (!url.startsWith(prefix)) return send(404, 'not found');
-    const rel = decodeURIComponent(url.slice(prefix.length));
+    let rel: string;
+    try { rel = decodeURIComponent(url.slice(prefix.length)); } catch { return send(404, 'not found'); }
     if (!SERVABLE.test(rel)) return send(404, 'not found');
     const file = path.join(root, rel);
     let size: number;
@@ -73,7 +83,15 @@ export async function serveRepository(o: ServeOptions): Promise<RepositoryServer
       o.log?.(`serving ${rel} failed: ${(err as Error).message}`);
       res.destroy();
     }
-  }
+  };
+}
+
+export async function serveRepository(o: ServeOptions): Promise<RepositoryServer> {
+  const handle = repositoryHandler(o);
+  const server = http.createServer({ noDelay: true, keepAlive: true }, (req, res) => {
+    void handle(req, res);
+  });
+  server.keepAliveTimeout = 60_000;
 
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -23,7 +23,7 @@ async function drain(r: Readable): Promise<{ bytes: Buffer; error?: unknown; end
   } catch (error) { return { bytes: Buffer.concat(parts), error, ended }; }
 }
 
-async function expectFailure(t: Test, blob: Buffer, d: Descriptor, diffId: string, code: ConvertErrorCode, mentions: string[]) {
+async function expectFailure(t: Test, blob: Buffer, d: Descriptor, diffId: string | undefined, code: ConvertErrorCode, mentions: string[]) {
   const { tar, done } = verifiedLayer(blobStream(blob), d, diffId);
   const r = await drain(tar);
   t.notOk(r.ended, `${code}: the consumer never sees a clean end`);
@@ -148,4 +148,15 @@ t.test('backpressure: a paused consumer stops the blob from being read', async (
   await new Promise((r) => setTimeout(r, 200));
   t.ok(pulled < 2 * 1024 * 1024, `only ${pulled} of ${total} bytes were pulled while nobody reads`);
   tar.destroy();
+});
+
+t.test('no diffID given: the digest is still verified and the diffID is computed and returned', async (t) => {
+  for (const [mt, blob] of [[MEDIA.ociLayerGzip, gz], [MEDIA.ociLayerZstd, zst], [MEDIA.ociLayer, layerTar]] as const) {
+    const { tar, done } = verifiedLayer(blobStream(blob), desc(blob, mt), undefined);
+    const r = await drain(tar);
+    t.ok(r.ended && r.bytes.equals(layerTar), `${mt}: the tar`);
+    t.same(await done, { compressedBytes: blob.length, uncompressedBytes: layerTar.length, diffId }, `${mt}: totals with the computed diffID`);
+  }
+  const corrupted = Buffer.from(gz); corrupted[gz.length - 9] = corrupted[gz.length - 9]! ^ 1;
+  await expectFailure(t, corrupted, desc(gz, MEDIA.ociLayerGzip), undefined, 'D2C_DIGEST_MISMATCH', [sha(gz)]);
 });
