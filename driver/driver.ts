@@ -4,11 +4,14 @@
  * Get/Put count references per ID: mount on 0 → 1, unmount on 1 → 0; the mount path is stable.
  * Init arrives once per daemon start (G2): it is persisted, and a restarted plugin reloads it,
  * its layers, and what is still mounted.
+ * Commits are local layers (R9). With a publisher configured, the commit of a container on a thin
+ * image publishes its layer and exports a thin layer instead (publish.ts, `exportDiff`).
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
+import tar from 'tar-stream';
 import { applyDiff } from './apply-diff.js';
 import { changesOf, diffSize, diffTar, type Change } from './diff.js';
 import { DriverError } from './errors.js';
@@ -17,8 +20,9 @@ import { LayerStore, type LayerRecord } from './layer-store.js';
 import { Layout } from './layout.js';
 import { mount, mountpoints, unmount } from './mounter.js';
 import { overlayMountOf } from './overlay-options.js';
+import { LayerPublisher, spoolLayer, type PublishSettings, type SpooledLayer } from './publish.js';
 import { RepoMounts, type RepoLease, type RepositoryConfig } from './repo-mounts.js';
-import { parseThin, THIN_FILES, type ThinFile } from './thin.js';
+import { appendedThinJson, parseThin, THIN_FILES, type ThinDescriptor, type ThinFile } from './thin.js';
 
 export interface InitRequest {
   readonly home: string;
@@ -51,6 +55,20 @@ export interface DriverOptions {
   readonly log?: Logger;
   /** ApplyDiff fails when its upload sends no byte for this long. */
   readonly applyIdleTimeoutMs?: number;
+  /** Publish commits of containers on thin images (thin commits); unset: commits stay local (R9). */
+  readonly publish?: PublishSettings;
+}
+
+export interface ExportOptions {
+  /** Aborted when the daemon gives up on the Diff request: a publish in progress is abandoned. */
+  readonly signal?: AbortSignal;
+}
+
+/** What a thin commit publishes: the layers above the nearest thin ancestor, and that ancestor. */
+interface ThinCommitPlan {
+  /** Layers whose changes make the new layer, top first (the container layer, then regular layers above the thin one). */
+  readonly layers: readonly LayerRecord[];
+  readonly thin: LayerRecord;
 }
 
 export class GraphDriver {
@@ -64,8 +82,12 @@ export class GraphDriver {
   private readonly locks = new KeyedLock();
   private readonly log: Logger;
   private ids = new IdMapping();
+  private readonly publisher: LayerPublisher | undefined;
 
-  constructor(private readonly o: DriverOptions = {}) { this.log = o.log ?? (() => {}); }
+  constructor(private readonly o: DriverOptions = {}) {
+    this.log = o.log ?? (() => {});
+    this.publisher = o.publish ? new LayerPublisher(o.publish, this.log) : undefined;
+  }
 
   private need(): { layout: Layout; store: LayerStore } {
     if (!this.layout || !this.store) throw new DriverError('DRIVER_NOT_INITIALIZED', 'the driver has not received Init from the daemon');
@@ -110,6 +132,8 @@ export class GraphDriver {
     for (const r of store.all()) if (mps.has(layout.mergedDir(r.id))) this.mounted.add(r.id);
     const swept = await store.sweep((d) => mps.has(d));
     if (swept.length) this.log('info', `removed ${swept.length} leftover layer directories`);
+    // Spool files of thin commits a crash interrupted.
+    await fs.rm(layout.spoolDir(), { recursive: true, force: true });
     // A crash during ApplyDiff leaves a layer the daemon never registered: remove it whole.
     for (const r of store.all()) {
       if (this.mounted.has(r.id) || !(await layout.isApplying(r.id))) continue;
@@ -179,17 +203,17 @@ export class GraphDriver {
    * Lower dirs for a chain (the layer itself first). The nearest thin ancestor's descriptor
    * describes the filesystem below it (R8): its layers come from their repositories, top-most
    * first; regular layers above it stack normally, and regular layers below it go underneath (R7).
-   * A thin layer's own Get is its plain directory with the byte-exact thin.json (R15).
+   * A thin layer's own Get is its plain directory with the byte-exact thin.json (R15): push and
+   * save read only that file, and no repository is mounted for them.
    */
   private async lowerStack(chain: readonly LayerRecord[]): Promise<{ lowers: string[]; leases: RepoLease[] }> {
     const { layout } = this.need();
+    if (chain[0]?.thin !== undefined) return { lowers: [], leases: [] };
     const k = chain.findIndex((r, i) => i > 0 && r.thin !== undefined);
     if (k < 0) return { lowers: chain.slice(1).map((r) => `l/${r.link}`), leases: [] };
     const thin = chain[k]!;
-    const file = thin.thin!;
     if (!this.repos) throw new DriverError('DRIVER_REPOSITORY_UNCONFIGURED', `layer ${thin.id} is a thin image but no CernVM-FS repositories are configured`);
-    const bytes = await fs.readFile(path.join(layout.diffDir(thin.id), file));
-    const desc = parseThin(file as ThinFile, bytes, this.o.defaultRepository);
+    const desc = await this.descriptorOf(thin);
     const leases = new Map<string, RepoLease>();
     const cvmfsLowers: string[] = [];
     try {
@@ -212,8 +236,16 @@ export class GraphDriver {
       throw err;
     }
     const above = chain.slice(1, k).map((r) => `l/${r.link}`);
-    const below = chain.slice(k + 1).map((r) => `l/${r.link}`);
+    // A thin layer further down (the parent of a thin commit) is described by the nearer descriptor
+    // already; its own directory holds only its thin.json, which containers never see (R15).
+    const below = chain.slice(k + 1).filter((r) => r.thin === undefined).map((r) => `l/${r.link}`);
     return { lowers: [...above, ...cvmfsLowers, ...below], leases: [...leases.values()] };
+  }
+
+  private async descriptorOf(thin: LayerRecord): Promise<ThinDescriptor> {
+    const file = thin.thin as ThinFile;
+    const bytes = await fs.readFile(path.join(this.need().layout.diffDir(thin.id), file));
+    return parseThin(file, bytes, this.o.defaultRepository);
   }
 
   /** A short `l/` link to a directory inside a repository mount, keeping mount data small. */
@@ -254,7 +286,8 @@ export class GraphDriver {
     const users = new Map(this.repos?.active());
     const repos = this.repos?.mounted().map((f) => `${f} (${users.get(f) ?? 'idle'})`).join(', ') || 'none';
     return [['Home', layout.home], ['Backing Filesystem', 'overlay'], ['Layers', String(store.all().length)],
-      ['Thin layers', String(store.all().filter((r) => r.thin).length)], ['Mounted', String(this.mounted.size)], ['Repositories mounted', repos]];
+      ['Thin layers', String(store.all().filter((r) => r.thin).length)], ['Mounted', String(this.mounted.size)], ['Repositories mounted', repos],
+      ['Commits on thin images', this.publisher ? `published to ${this.publisher.describe()}` : 'local layers']];
   }
 
   metadata(id: string): Record<string, string> {
@@ -321,6 +354,78 @@ export class GraphDriver {
     return diffTar(range.map((r) => layout.diffDir(r.id)), { base: range.length > 1 && stop === chain.length, ids: this.ids });
   }
 
+  /**
+   * What the daemon's Diff gets. Without a publisher, or for anything but the commit of a
+   * container on a thin image, the layer tar of `diff`. With one, `docker commit` (and each classic
+   * builder step) of a container on a thin image is a thin commit (§3.6, R1, R6): the container's
+   * changes, with the regular layers between it and the thin layer, are published, and the tar
+   * answered holds only the new thin.json (the parent's descriptor with the new layer appended
+   * top-most), so that the committed layer is itself thin. All of it happens before the first
+   * byte of the answer: a failure is a plain error reply, and the daemon creates no layer.
+   */
+  async exportDiff(id: string, parent: string, o: ExportOptions = {}): Promise<Readable> {
+    const plan = this.publisher ? this.thinCommitPlan(id, parent) : undefined;
+    if (!this.publisher || !plan) return this.diff(id, parent);
+    return this.thinCommit(id, plan, this.publisher, o.signal);
+  }
+
+  /**
+   * A thin commit applies to Diff(<m>, <m>-init), the daemon's commit of a container (and its
+   * classic builder steps), whose chain has a thin layer. BuildKit's Diff(snapshot, parent)
+   * registers the snapshot itself, whose files would not match a thin tar: it stays ordinary.
+   */
+  private thinCommitPlan(id: string, parent: string): ThinCommitPlan | undefined {
+    const { store } = this.need();
+    const rec = store.must(id);
+    if (!parent || rec.parent !== parent || !parent.endsWith('-init')) return undefined;
+    const chain = store.chain(id);
+    const k = chain.findIndex((r, i) => i > 1 && r.thin !== undefined);
+    if (k < 0) return undefined;
+    // The -init layer (the daemon's /etc/hosts and the like) stays out of commits, as the daemon intends.
+    return { layers: [chain[0]!, ...chain.slice(2, k)], thin: chain[k]! };
+  }
+
+  private async thinCommit(id: string, plan: ThinCommitPlan, publisher: LayerPublisher, signal?: AbortSignal): Promise<Readable> {
+    const { layout } = this.need();
+    const desc = await this.descriptorOf(plan.thin);
+    await fs.mkdir(layout.spoolDir(), { recursive: true, mode: 0o700 });
+    const file = path.join(layout.spoolDir(), `${id}-${randomBytes(6).toString('hex')}.tar.gz`);
+    try {
+      let spooled: SpooledLayer;
+      try {
+        spooled = await spoolLayer(diffTar(plan.layers.map((r) => layout.diffDir(r.id)), { ids: this.ids }), file);
+      } catch (err) {
+        if (err instanceof DriverError) throw err;
+        throw new DriverError('DRIVER_PUBLISH_FAILED', `thin commit of ${id}: writing the layer to ${file} failed: ${(err as Error).message}`, { cause: err });
+      }
+      const above = plan.layers.length > 1 ? `, with the ${plan.layers.length - 1} local layers between it and the thin layer ${plan.thin.id}` : '';
+      this.log('info', `thin commit of ${id}${above}: layer sha256:${spooled.digest} (diffID sha256:${spooled.diffId}, ${spooled.size} bytes), publishing to ${publisher.describe()}`);
+      const published = await publisher.publish(spooled, signal);
+      const json = appendedThinJson(desc, { digest: published.digest, url: published.url });
+      await this.refreshAfterPublish(published.url, published.revision);
+      this.log('info', `thin commit of ${id}: layer sha256:${published.digest} is at ${published.url}${published.revision !== undefined ? ` (revision ${published.revision})` : ''}; `
+        + `the new descriptor has ${desc.layers.length + 1} layers`);
+      return Readable.from([await thinLayerTar(json)]);
+    } finally {
+      await fs.rm(file, { force: true });
+    }
+  }
+
+  /**
+   * The published layer is at a newer revision than a mounted repository may show: refresh it now
+   * (R5), so that the first container of the committed image finds it. A repository not mounted
+   * here opens at the current revision anyway; one that still lags is refreshed again when the
+   * layer is first mounted and its path is missing (`lowerStack`).
+   */
+  private async refreshAfterPublish(url: string, revision: number | undefined): Promise<void> {
+    const fqrn = /^cvmfs:\/\/([^/]+)\//.exec(url)?.[1];
+    if (!fqrn || !this.repos) return;
+    const now = await this.repos.refreshMounted(fqrn);
+    if (now !== undefined && revision !== undefined && now < revision) {
+      this.log('warn', `${fqrn} is still at revision ${now} after a refresh, but the published layer is in revision ${revision}: it is looked for again when first mounted`);
+    }
+  }
+
   async changes(id: string, parent: string): Promise<Change[]> {
     this.checkDiffParent(id, parent);
     const { store, layout } = this.need();
@@ -331,4 +436,18 @@ export class GraphDriver {
     this.checkDiffParent(id, parent);
     return diffSize(this.need().layout.diffDir(id));
   }
+}
+
+/** The committed thin layer: one entry, thin.json (0644 as DUCC writes it), fixed owner and time. */
+async function thinLayerTar(json: Buffer): Promise<Buffer> {
+  const pack = tar.pack();
+  const chunks: Buffer[] = [];
+  pack.on('data', (c: unknown) => { chunks.push(c as Buffer); });
+  const ended = new Promise<void>((resolve, reject) => { pack.on('end', () => resolve()); pack.on('error', reject); });
+  await new Promise<void>((resolve, reject) => {
+    pack.entry({ name: 'thin.json', type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: new Date(0), size: json.length }, json, (err) => (err ? reject(err) : resolve()));
+  });
+  pack.finalize();
+  await ended;
+  return Buffer.concat(chunks);
 }

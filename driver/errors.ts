@@ -22,7 +22,12 @@ export type DriverErrorCode =
   | 'DRIVER_THIN_LAYER_MISSING'
   | 'DRIVER_REPOSITORY_UNCONFIGURED'
   | 'DRIVER_REPOSITORY_UNAVAILABLE'
-  | 'DRIVER_IO_FAILED';
+  | 'DRIVER_IO_FAILED'
+  | 'DRIVER_PUBLISH_CONFIG'
+  | 'DRIVER_PUBLISH_FAILED'
+  | 'DRIVER_PUBLISH_UNAUTHORIZED'
+  | 'DRIVER_PUBLISH_TIMEOUT'
+  | 'DRIVER_PUBLISH_ABORTED';
 
 const KIND_OF: Readonly<Record<DriverErrorCode, ErrorKind>> = {
   DRIVER_NOT_INITIALIZED: 'internal',
@@ -46,6 +51,11 @@ const KIND_OF: Readonly<Record<DriverErrorCode, ErrorKind>> = {
   DRIVER_REPOSITORY_UNCONFIGURED: 'invalid-input',
   DRIVER_REPOSITORY_UNAVAILABLE: 'unavailable',
   DRIVER_IO_FAILED: 'unavailable',
+  DRIVER_PUBLISH_CONFIG: 'invalid-input',
+  DRIVER_PUBLISH_FAILED: 'unavailable',
+  DRIVER_PUBLISH_UNAUTHORIZED: 'unauthorized',
+  DRIVER_PUBLISH_TIMEOUT: 'unavailable',
+  DRIVER_PUBLISH_ABORTED: 'unavailable',
 };
 
 export class DriverError extends CodedError<DriverErrorCode> {

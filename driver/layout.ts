@@ -7,6 +7,7 @@
  *   <home>/layers/<id>/applying    present while ApplyDiff runs; found at start, the layer is half applied
  *   <home>/l/<short>             short symlink to a diff dir, keeping mount data within one page
  *   <home>/state.json            the persisted Init request (Init comes once per daemon start)
+ *   <home>/spool/                gzipped layers of thin commits being published (emptied at start)
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -34,4 +35,5 @@ export class Layout {
   linksDir(): string { return path.join(this.home, 'l'); }
   link(short: string): string { return path.join(this.home, 'l', short); }
   stateFile(): string { return path.join(this.home, 'state.json'); }
+  spoolDir(): string { return path.join(this.home, 'spool'); }
 }

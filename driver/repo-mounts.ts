@@ -11,6 +11,7 @@
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { decodeXattrs } from '../cvmfs/format/xattr.js';
 import { mountRepository, type Mount } from '../cvmfs/fuse/index.js';
 import { openRepository, type Repository } from '../cvmfs/reader/index.js';
 import type { Logger } from './driver.js';
@@ -87,7 +88,7 @@ export class RepoMounts {
       throw new DriverError('DRIVER_REPOSITORY_UNAVAILABLE', `cannot open repository ${fqrn}: ${(err as Error).message}`, { cause: err });
     }
     try {
-      const mount = await mountRepository(repo, {
+      const mount = await mountRepository(storedXattrsListed(repo), {
         mountpoint: root, overlayWhiteouts: true, allowOther: true, log: (l) => this.log('warn', l),
         ...(this.ids.identity ? {} : { owner: (uid: number, gid: number) => this.ids.presentOnHost(uid, gid) }),
       });
@@ -175,6 +176,17 @@ export class RepoMounts {
     return stale;
   }
 
+  /**
+   * Checks the servers for a newer revision of a repository that is mounted (in use or idle) and
+   * switches to it (R5); the revision now served, or undefined when it is not mounted.
+   */
+  async refreshMounted(fqrn: string): Promise<number | undefined> {
+    const e = await this.live.get(fqrn)?.catch(() => undefined);
+    if (!e) return undefined;
+    await e.repo.refresh().catch(() => false);
+    return e.repo.revision;
+  }
+
   /** Repositories mounted now, with their users. */
   active(): [string, number][] { return [...this.users]; }
 
@@ -187,4 +199,22 @@ export class RepoMounts {
     await Promise.all([...this.live.keys()].map((fqrn) => this.unmountIdle(fqrn)));
     await Promise.all([...this.closing.values()]);
   }
+}
+
+/**
+ * The repository as the overlay lowers see it: listxattr names only the xattrs stored with each
+ * entry, not the client's magic ones (user.revision, user.counters, …), which overlayfs would
+ * otherwise copy up into every file a container changes, and so into its commits (and a
+ * published commit's catalog, where a counters value does not even fit). getxattr still answers
+ * them. Every other call goes to the repository itself (`this` bound to it).
+ */
+function storedXattrsListed(repo: Repository): Repository {
+  const listxattr = async (p: string): Promise<string[]> => [...decodeXattrs((await repo.stat(p)).xattr).keys()];
+  return new Proxy(repo, {
+    get(target, prop) {
+      if (prop === 'listxattr') return listxattr;
+      const v: unknown = Reflect.get(target, prop, target);
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
 }

@@ -76,3 +76,50 @@ export function parseThin(file: ThinFile, bytes: Buffer, defaultRepository?: str
   });
   return { version, origin: typeof o.origin === 'string' ? o.origin : '', layers };
 }
+
+// ---- writing thin.json (thin commits) ------------------------------------------------------
+
+const SCHEMA_DIGEST = /^(sha256:)?[0-9a-f]{64}$/;
+const SCHEMA_URL = /^cvmfs:\/\/[^/]+\/.+$/;
+
+/**
+ * The JSON Schema of thin-images-and-layout.md §2.2, checked by hand (no validator dependency):
+ * the reasons a document fails it, empty when it passes.
+ */
+export function thinSchemaErrors(doc: unknown): string[] {
+  if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) return ['the descriptor is not a JSON object'];
+  const o = doc as Record<string, unknown>;
+  const errs: string[] = [];
+  if (typeof o.version !== 'string') errs.push('"version" is missing or not a string');
+  for (const k of ['min_version', 'origin', 'comment'] as const) if (k in o && typeof o[k] !== 'string') errs.push(`"${k}" is not a string`);
+  if (!('layers' in o)) errs.push('"layers" is missing');
+  else if (o.layers !== null && !Array.isArray(o.layers)) errs.push('"layers" is neither a list nor null');
+  else {
+    for (const [i, l] of ((o.layers ?? []) as unknown[]).entries()) {
+      if (l === null || typeof l !== 'object' || Array.isArray(l)) { errs.push(`layer ${i + 1} is not an object`); continue; }
+      const e = l as Record<string, unknown>;
+      if (typeof e.digest !== 'string' || !SCHEMA_DIGEST.test(e.digest)) errs.push(`layer ${i + 1} "digest" ${JSON.stringify(e.digest)} is not sha256 hex`);
+      if ('url' in e && (typeof e.url !== 'string' || !SCHEMA_URL.test(e.url))) errs.push(`layer ${i + 1} "url" ${JSON.stringify(e.url)} is not cvmfs://<repository>/<path>`);
+    }
+  }
+  return errs;
+}
+
+/** The URL of a located layer, as thin.json writes it. */
+export const thinUrlOf = (l: ThinLayer): string => `cvmfs://${l.fqrn}${l.path}`;
+
+/**
+ * A thin commit's descriptor (R1): the parent's layers, base first, with the new layer appended
+ * as the top-most; version 1.0, the parent's origin kept; two-space indentation and a final newline
+ * as the Go producers write it. What fails the schema (§2.2) or our own reader is never returned
+ * (R6): the caller gets DRIVER_THIN_INVALID instead.
+ */
+export function appendedThinJson(parent: ThinDescriptor, layer: { readonly digest: string; readonly url: string }): Buffer {
+  const layers = [...parent.layers.map((l) => ({ digest: l.digest, url: thinUrlOf(l) })), { digest: layer.digest.replace(/^sha256:/, ''), url: layer.url }];
+  const doc = { version: '1.0', ...(parent.origin ? { origin: parent.origin } : {}), layers };
+  const errs = thinSchemaErrors(doc);
+  if (errs.length) throw invalid('thin.json', `the committed descriptor would fail the schema: ${errs.join('; ')}`);
+  const bytes = Buffer.from(JSON.stringify(doc, null, 2) + '\n');
+  parseThin('thin.json', bytes);
+  return bytes;
+}

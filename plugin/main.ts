@@ -10,6 +10,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { GraphDriver, type Logger } from '../driver/index.js';
 import { createPluginApp, listenPlugin } from './server.js';
+import { nonNegative, positive, publishSettings } from './settings.js';
 
 const LEVELS = ['debug', 'info', 'warn', 'error'] as const;
 
@@ -23,6 +24,7 @@ async function main(): Promise<void> {
 
   const configDir = env.CVMFSGD_CONFIG_DIR ?? '/etc/cvmfs-graphdriver';
   const perRepository = await readRepositoriesFile(path.join(configDir, 'repositories.json'), log);
+  const publish = publishSettings(env);
   const driver = new GraphDriver({
     log,
     repositories: {
@@ -36,7 +38,9 @@ async function main(): Promise<void> {
     },
     ...(env.CVMFSGD_DEFAULT_REPOSITORY ? { defaultRepository: env.CVMFSGD_DEFAULT_REPOSITORY } : {}),
     applyIdleTimeoutMs: positive('CVMFSGD_APPLYDIFF_IDLE_SECONDS', env.CVMFSGD_APPLYDIFF_IDLE_SECONDS ?? '120') * 1000,
+    ...(publish ? { publish } : {}),
   });
+  log('info', publish ? `commits on thin images are published through ${publish.publisherUrl}` : 'commits on thin images are local layers (no publisher configured)');
   await fs.mkdir(path.dirname(socket), { recursive: true });
   const server = await listenPlugin(createPluginApp({ driver, stateDir, log }), socket);
   log('info', `listening on ${socket}`);
@@ -53,18 +57,6 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
-}
-
-function nonNegative(name: string, value: string): number {
-  const n = Number(value);
-  if (value.trim() === '' || !Number.isFinite(n) || n < 0) throw new Error(`${name}=${JSON.stringify(value)}: expected a number >= 0`);
-  return n;
-}
-
-function positive(name: string, value: string): number {
-  const n = nonNegative(name, value);
-  if (n === 0) throw new Error(`${name}=${JSON.stringify(value)}: expected a number > 0`);
-  return n;
 }
 
 /** Optional per-repository settings: {"<fqrn>": {"servers": ["http://…"], "proxy": "…"}}. */

@@ -125,17 +125,24 @@ export function createPluginApp(o: PluginOptions): express.Express {
     });
   });
 
+  // A thin commit publishes before answering (minutes, possibly): everything that can fail
+  // happens before the first byte, so a failure is a 500 the daemon reports, never a cut tar.
   app.post('/GraphDriver.Diff', json, (req: Request, res: Response) => {
     const r = layerRequest(req.body ?? {});
-    let tar;
-    try { tar = driver.diff(r.id, r.parent); } catch (err) {
+    const gone = new AbortController();
+    const onClose = () => { if (!res.headersSent) gone.abort(); };
+    res.once('close', onClose);
+    Promise.resolve().then(() => driver.exportDiff(r.id, r.parent, { signal: gone.signal })).then((tar) => {
+      res.off('close', onClose);
+      if (res.destroyed) { tar.destroy(); return; }
+      res.status(200).type('application/x-tar');
+      tar.on('error', (err: Error) => { log('error', `GraphDriver.Diff ${r.id} failed mid-stream: ${err.message}`); res.destroy(err); });
+      tar.pipe(res);
+    }, (err: unknown) => {
+      res.off('close', onClose);
       log('error', `GraphDriver.Diff ${r.id}: ${errorText(err)}`);
-      res.status(500).json({ Err: errorText(err) });
-      return;
-    }
-    res.status(200).type('application/x-tar');
-    tar.on('error', (err: Error) => { log('error', `GraphDriver.Diff ${r.id} failed mid-stream: ${err.message}`); res.destroy(err); });
-    tar.pipe(res);
+      if (!res.destroyed) res.status(500).json({ Err: errorText(err) });
+    });
   });
 
   app.use((req: Request, res: Response) => { res.status(404).json({ Err: `unknown method ${req.path}` }); });
