@@ -25,7 +25,7 @@ deps: apt node_modules/.package-lock.json
 
 build: deps
 	npx tsc -p tsconfig.json
-	chmod +x dist/cvmfs/cli.js dist/docker2cvmfs/cli.js
+	chmod +x dist/cvmfs/cli.js dist/docker2cvmfs/cli.js dist/publisher/cli.js
 
 test: build
 	npx tsc -p tsconfig.test.json
