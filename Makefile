@@ -37,6 +37,10 @@ demo: build
 bench: build
 	node dist/bench/ingest.js $(BENCH_ARGS)
 
+.PHONY: bench-publisher
+bench-publisher: build
+	node dist/bench/publisher.js $(BENCH_ARGS)
+
 clean:
 	rm -rf dist .tap
 

@@ -16,7 +16,7 @@ import type { Logger } from './worker.js';
 
 interface Flags {
   repo?: string; store?: string; storeEndpoint?: string; keys: string; name: string; s3Endpoint: string; bucket: string[]; tokenFile?: string; port: number; bind: string;
-  serve?: boolean; state?: string; allowUnnamed?: boolean; region?: string; verbose?: boolean;
+  serve?: boolean; state?: string; maxBatch: number; allowUnnamed?: boolean; region?: string; verbose?: boolean;
 }
 
 const port = (v: string): number => {
@@ -52,7 +52,7 @@ async function run(f: Flags): Promise<number> {
   const objects = new S3ObjectStore({ endpoint: f.s3Endpoint, region: f.region ?? process.env['AWS_REGION'] ?? process.env['AWS_DEFAULT_REGION'] });
   const p = await startPublisher({
     repoDir: f.repo, ...(opened ? { storage: opened.storage } : {}), keysDir: f.keys, fqrn: f.name, objects, stateDir, buckets: f.bucket, token, port: f.port, bind: f.bind,
-    serve: f.serve, allowUnnamed: f.allowUnnamed, log,
+    serve: f.serve, allowUnnamed: f.allowUnnamed, maxBatch: f.maxBatch, log,
   });
   process.stdout.write(`cvmfs-publisher: listening on ${p.url} for ${f.name}${f.serve ? `; serving it at ${p.url}/cvmfs/${f.name}/` : ''}\n`);
   await new Promise<void>((resolve) => {
@@ -83,6 +83,11 @@ export function program(): Command & { result(): Promise<number> } {
     .option('--serve', 'also serve the repository read-only at /cvmfs/<fqrn>/')
     .option('--state <dir>', 'private state directory of the job queue (default: <repo>/../.cvmfs-publisher, or $XDG_STATE_HOME/cvmfs-publisher/<fqrn>)')
     .option('--allow-unnamed', 'accept objects whose key names no sha256: the digest is computed in a first pass (nothing to verify it against)')
+    .addOption(new Option('--max-batch <n>', 'jobs published per revision at most (bounds the event→done latency)').argParser((v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('a whole number, 1 or more');
+      return n;
+    }).default(8))
     .option('--region <region>', 'S3 region (default: $AWS_REGION, else us-east-1)')
     .option('-v, --verbose', 'debug logging')
     .action((f: Flags) => { result = run(f); });

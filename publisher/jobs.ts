@@ -156,7 +156,7 @@ export class JobStore {
       byId: db.prepare('SELECT * FROM jobs WHERE id = ?'),
       latestForKey: db.prepare('SELECT * FROM jobs WHERE key = ? ORDER BY id DESC LIMIT 1'),
       doneForDigest: db.prepare("SELECT * FROM jobs WHERE digest = ? AND state = 'done' ORDER BY id DESC LIMIT 1"),
-      takeable: db.prepare("SELECT * FROM jobs WHERE state = 'queued' AND not_before <= ? ORDER BY id"),
+      takeable: db.prepare("SELECT * FROM jobs WHERE state = 'queued' AND not_before <= ? ORDER BY id LIMIT ?"),
       markPublishing: db.prepare("UPDATE jobs SET state = 'publishing', started_at = ? WHERE id = ?"),
       counts: db.prepare('SELECT state, count(*) AS n FROM jobs GROUP BY state'),
       nextWake: db.prepare("SELECT min(not_before) AS t FROM jobs WHERE state = 'queued'"),
@@ -188,10 +188,10 @@ export class JobStore {
     }))();
   }
 
-  /** Every queued job due by `now`, marked publishing in one commit. */
-  takeQueued(now: number): Job[] {
+  /** The oldest queued jobs due by `now` (at most `max`), marked publishing in one commit. */
+  takeQueued(now: number, max = Number.MAX_SAFE_INTEGER): Job[] {
     return this.db.transaction(() => {
-      const rows = this.stmt.takeable.all(now) as Row[];
+      const rows = this.stmt.takeable.all(now, max) as Row[];
       for (const r of rows) this.stmt.markPublishing.run(now, r.id);
       return rows.map((r) => jobOf({ ...r, state: 'publishing', started_at: now }));
     })();

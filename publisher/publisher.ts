@@ -33,6 +33,8 @@ export interface PublisherOptions {
   readonly allowUnnamed?: boolean;
   readonly threads?: number;
   readonly retryDelayMs?: number;
+  /** Jobs per revision (worker.ts DEFAULT_MAX_BATCH). */
+  readonly maxBatch?: number;
   readonly log?: Logger;
 }
 
@@ -65,7 +67,7 @@ export async function startPublisher(o: PublisherOptions): Promise<Publisher> {
   if (jobs.resumed) log('info', `${jobs.resumed} jobs were publishing when the publisher stopped: queued again`);
   const metrics = createMetrics(() => jobs.counts());
   const worker = new Worker({
-    jobs, objects: o.objects, storage, keysDir: o.keysDir, metrics, log, allowUnnamed: o.allowUnnamed, threads: o.threads, retryDelayMs: o.retryDelayMs,
+    jobs, objects: o.objects, storage, keysDir: o.keysDir, metrics, log, allowUnnamed: o.allowUnnamed, threads: o.threads, retryDelayMs: o.retryDelayMs, maxBatch: o.maxBatch,
   });
   const app = createPublisherApp({
     jobs, metrics, fqrn: o.fqrn, onQueued: () => worker.notify(), log, token: o.token, buckets: o.buckets,

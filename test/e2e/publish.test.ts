@@ -16,7 +16,7 @@ import { S3RVER_CREDENTIALS, startS3, type S3Server } from '../lib/s3.js';
 import { skipLoudly } from '../lib/skip.js';
 import { publishPluginEnv, thinCommitTests } from './thin-commit.js';
 import { prepareThinRepositories, type ThinRepositories } from './thin-images.js';
-import { minioEvent, postEvent } from '../integration/publisher/helpers.js';
+import { minioEvent, postEvent } from '../lib/publisher.js';
 
 /**
  * What MinIO's bucket notification does (s3rver has none): every new object of the bucket is

@@ -14,7 +14,7 @@ import t, { type Test } from 'tap';
 import { makeRepo } from '../../lib/repo-fixture.js';
 import { startS3 } from '../../lib/s3.js';
 import { tarOf } from '../../lib/tar-of.js';
-import { client, minioEvent, postEvent, sha256, statusJson, upload, waitFor } from './helpers.js';
+import { client, minioEvent, postEvent, sha256, statusJson, upload, waitFor } from '../../lib/publisher.js';
 
 const PUBLISHER = path.resolve('dist/publisher/cli.js');
 const REPO_CLI = path.resolve('dist/cvmfs/cli.js');

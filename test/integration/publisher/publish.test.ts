@@ -15,7 +15,7 @@ import { S3ObjectStore, startPublisher, type Publisher } from '../../../publishe
 import { makeRepo, type Fixture } from '../../lib/repo-fixture.js';
 import { S3RVER_CREDENTIALS, startS3, type S3Server } from '../../lib/s3.js';
 import { tarOf, type TarSpec } from '../../lib/tar-of.js';
-import { client, minioEvent, postEvent, sha256, statusJson, statusText, upload, waitFor } from './helpers.js';
+import { client, minioEvent, postEvent, sha256, statusJson, statusText, upload, waitFor } from '../../lib/publisher.js';
 
 const TOKEN = 'webhook-token-0123456789';
 const FQRN = 'pub.example.org';
@@ -23,7 +23,7 @@ const BUCKET = 'layers';
 
 interface Env { repo: Fixture; s3: S3Server; pub: Publisher; base: string; logs: string[] }
 
-async function setUp(t: Test, opts: { allowUnnamed?: boolean; token?: string | null } = {}): Promise<Env> {
+async function setUp(t: Test, opts: { allowUnnamed?: boolean; token?: string | null; maxBatch?: number } = {}): Promise<Env> {
   const base = t.testdir();
   const repo = await makeRepo(base, FQRN);
   const s3 = await startS3([BUCKET]);
@@ -33,7 +33,7 @@ async function setUp(t: Test, opts: { allowUnnamed?: boolean; token?: string | n
     repoDir: repo.dir, keysDir: repo.keys, fqrn: FQRN, stateDir: path.join(base, 'state'), buckets: [BUCKET],
     objects: new S3ObjectStore({ endpoint: s3.endpoint, credentials: S3RVER_CREDENTIALS }),
     token: opts.token === null ? undefined : opts.token ?? TOKEN, port: 0, bind: '127.0.0.1', serve: true, allowUnnamed: opts.allowUnnamed,
-    retryDelayMs: 100, threads: 1, log: (level, line) => logs.push(`${new Date().toISOString()} ${level}: ${line}`),
+    retryDelayMs: 100, threads: 1, ...(opts.maxBatch ? { maxBatch: opts.maxBatch } : {}), log: (level, line) => logs.push(`${new Date().toISOString()} ${level}: ${line}`),
   });
   t.teardown(() => pub.close());
   return { repo, s3, pub, base, logs };
@@ -92,6 +92,17 @@ t.test('upload → event → done → the layer reads back through our client, b
   t.match(info, [{ id: l.diffId, 'compressed-diff-digest': `sha256:${l.digest}`, 'diff-digest': `sha256:${l.diffId}`, 'diff-size': l.tar.length }]);
   t.same(JSON.parse((await r.readFile(`${layerDir(l.digest)}/.metadata/origin.json`)).toString()), { origin: [`s3://${BUCKET}/${l.digest}`] });
   t.ok((await r.readFile(`${fs0}/.cvmfscatalog`)).length === 0, 'layerfs is its own nested catalog');
+});
+
+t.test('a batch holds at most --max-batch jobs, oldest first: the event→done latency stays bounded', async (t) => {
+  const e = await setUp(t, { maxBatch: 2 });
+  const ls = await Promise.all([0, 1, 2].map((i) => layer([{ type: 'file', name: `b${i}`, content: `batch ${i}\n` }])));
+  const ups = [];
+  for (const l of ls) ups.push(await upload(e.s3.client, BUCKET, l.digest, l.blob));
+  const before = revisionOf(e.repo);
+  t.equal((await postEvent(e.pub.url, minioEvent(BUCKET, ups), TOKEN)).status, 200);
+  const states = await Promise.all(ups.map((u) => waitFor(e.pub.url, u.key, TOKEN)));
+  t.same(states.map((s) => [s.state, s.revision]), [['done', before + 1], ['done', before + 1], ['done', before + 2]], 'two jobs, then one');
 });
 
 t.test('jobs queued together (gzip, zstd, plain tar; both payload generations) are one revision', async (t) => {

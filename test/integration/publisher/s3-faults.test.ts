@@ -10,7 +10,7 @@ import t, { type Test } from 'tap';
 import { S3ObjectStore, startPublisher } from '../../../publisher/index.js';
 import { makeRepo } from '../../lib/repo-fixture.js';
 import { S3RVER_CREDENTIALS } from '../../lib/s3.js';
-import { minioEvent, postEvent, statusText, waitFor } from './helpers.js';
+import { minioEvent, postEvent, statusText, waitFor } from '../../lib/publisher.js';
 
 const FQRN = 'faults.example.org';
 const KEY = 'c'.repeat(64);

@@ -12,7 +12,7 @@ import { S3Storage } from '../../../cvmfs/writer/storage-s3.js';
 import { S3ObjectStore, startPublisher } from '../../../publisher/index.js';
 import { S3RVER_CREDENTIALS, startS3 } from '../../lib/s3.js';
 import { tarOf } from '../../lib/tar-of.js';
-import { client, minioEvent, postEvent, sha256, upload, waitFor } from './helpers.js';
+import { client, minioEvent, postEvent, sha256, upload, waitFor } from '../../lib/publisher.js';
 
 const FQRN = 's3.example.org';
 

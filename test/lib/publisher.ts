@@ -3,8 +3,8 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { openRepository, type Repository } from '../../../cvmfs/index.js';
-import type { JobStatus } from '../../../publisher/index.js';
+import { openRepository, type Repository } from '../../cvmfs/index.js';
+import type { JobStatus } from '../../publisher/index.js';
 
 export const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
