@@ -41,6 +41,10 @@ bench: build
 bench-publisher: build
 	node dist/bench/publisher.js $(BENCH_ARGS)
 
+.PHONY: bench-convert
+bench-convert: build
+	node dist/bench/convert.js $(BENCH_ARGS)
+
 clean:
 	rm -rf dist .tap
 

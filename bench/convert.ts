@@ -15,6 +15,9 @@
  *   limit    single-core rates of each stage of the convert pipeline (HTTP GET of the blob to
  *            nowhere, inflate, sha256 of blob + tar, zlib deflate at the writer's level of the
  *            objects the writer makes, sha1 of the deflated objects), combined as the n-core bound.
+ * Data generation and the push run in a child too, so this parent stays small: on Linux a child's
+ * resourceUsage().maxRSS starts at the parent's RSS at fork (exec keeps the pre-exec high-water
+ * mark). The RSS figures are each child's VmHWM; maxRSS is printed beside it.
  * `--keep-data` keeps (and reuses, when the parameters match) the generated tar and blobs in
  * `--work`; `--cpu-prof DIR` runs the ingest and convert children under `node --cpu-prof`.
  */
