@@ -272,13 +272,14 @@ export class S3Storage implements RepositoryStorage {
         this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: data, ContentLength: data.byteLength, ...params }), { abortSignal }));
       return;
     }
-    // Large objects (big catalogs): multipart, its parts in parallel; one slot of the limiter.
+    // Large objects (big catalogs): multipart, its parts in parallel; one slot of the limiter. Parts are
+    // at most multipartBytes, else lib-storage sends an object smaller than one part as a single PUT.
     await this.call('write', key, async () => {
       const abortController = new AbortController();
       const timer = setTimeout(() => abortController.abort(), this.timeoutMs);
       try {
         const up = new Upload({
-          client: this.client, abortController, queueSize: 4, partSize: PART_BYTES, leavePartsOnError: false,
+          client: this.client, abortController, queueSize: 4, partSize: Math.min(PART_BYTES, this.multipartBytes), leavePartsOnError: false,
           params: { Bucket: this.bucket, Key: key, Body: Buffer.from(data.buffer, data.byteOffset, data.byteLength), ...params },
         });
         await up.done();

@@ -5,7 +5,7 @@
  * writer lock keeps out a second writer on this host and on another one.
  */
 import { execFile, spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createCipheriv, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -89,7 +89,8 @@ t.test('a repository in S3 through the API: several revisions, chunked file, nes
   storage.client.middlewareStack.add((next, context) => async (args) => { commands.push(context.commandName ?? '?'); return next(args); },
     { step: 'initialize', name: 'recordCommands' });
   await initRepository({ storage, keysDir: s.keys, fqrn: FQRN });
-  const big = randomBytes(20 * 1024 * 1024); // above CHUNK_MAX_BYTES: at least two chunks
+  // Seeded, so that the chunk boundaries are the same each run: at least one chunk is above 5 MiB.
+  const big = createCipheriv('aes-128-ctr', Buffer.alloc(16, 7), Buffer.alloc(16)).update(Buffer.alloc(20 * 1024 * 1024));
   const revs: { at: string; specs: TarSpec[] }[] = [
     { at: '/layers/a', specs: [{ type: 'file', name: 'hello', content: 'hi\n' }, { type: 'directory', name: 'sub' },
       { type: 'file', name: 'sub/x', content: 'x'.repeat(10_000), mode: 0o755 }, { type: 'symlink', name: 'ln', target: 'hello' }] },
