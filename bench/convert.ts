@@ -42,6 +42,7 @@ import { openImage, parseImageArg } from '../docker2cvmfs/images.js';
 import { parseReference } from '../docker2cvmfs/reference.js';
 import { hostPlatform, RegistryClient } from '../docker2cvmfs/registry/index.js';
 import { startRegistry, type TestRegistry } from '../test/lib/registry.js';
+import { tuneMallocForWriter } from '../cvmfs/malloc-tune.js';
 
 const { values } = parseArgs({
   options: {
@@ -799,6 +800,8 @@ async function main(): Promise<void> {
 }
 
 if (values.child !== undefined) {
+  // As the CLIs (cvmfs-repo, docker2cvmfs) do before they run the writer: both arms alike.
+  tuneMallocForWriter();
   const r = await child(JSON.parse(values.child) as ChildSpec);
   process.stdout.write(`${MARK}${JSON.stringify(r)}\n`);
   // The writer's and the converter's handles are closed; exit at once rather than wait for idle sockets.

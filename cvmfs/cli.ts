@@ -14,6 +14,7 @@ import type { RepositoryStorage } from './writer/storage.js';
 import { DirStorage } from './writer/storage-dir.js';
 import { ingest, initRepository, repositoryInfo, resign } from './writer/repository.js';
 import { loadState } from './writer/repository-state.js';
+import { tuneMallocForWriter } from './malloc-tune.js';
 
 const USAGE = `usage:
   cvmfs-repo init    (--dir R | --store S) --keys K --name FQRN [--hash sha1|shake128]
@@ -220,6 +221,7 @@ async function run(cmd: string, v: Values, positionals: string[], storage: () =>
   }
 }
 
+tuneMallocForWriter();
 main(process.argv.slice(2)).then((code) => { process.exitCode = code; }, (err: unknown) => {
   if (err instanceof UsageError || (err instanceof TypeError && (err as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS'))) {
     console.error(`cvmfs-repo: CVMFS_BAD_ARGUMENT: ${err.message}\n\n${USAGE}`);

@@ -17,7 +17,7 @@ export interface ZlibPoolOptions {
   readonly maxInFlightBytes?: number;
 }
 
-export const DEFAULT_MAX_IN_FLIGHT_BYTES = 128 * 1024 * 1024;
+export const DEFAULT_MAX_IN_FLIGHT_BYTES = 48 * 1024 * 1024;
 
 // Tests run the TypeScript sources directly; the build runs compiled JavaScript.
 const WORKER_URL = new URL(import.meta.url.endsWith('.ts') ? './zlib-worker.ts' : './zlib-worker.js', import.meta.url);

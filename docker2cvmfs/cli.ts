@@ -27,6 +27,7 @@ import {
 import { sync, type SyncSummary } from './sync.js';
 import { buildThinImage, makeThinJson } from './thin-image.js';
 import { loadThinImage, pushThinImage, writeThinArchive } from './thin-output.js';
+import { tuneMallocForWriter } from '../cvmfs/malloc-tune.js';
 
 /** Thin-image names for --load and -o: DUCC's default without the scheme. */
 const DEFAULT_THIN_NAME = DEFAULT_OUTPUT_FORMAT.replace('$(scheme)://', '');
@@ -300,6 +301,7 @@ async function main(argv: string[]): Promise<number> {
   return p.result();
 }
 
+tuneMallocForWriter();
 main(process.argv.slice(2)).then((code) => { process.exitCode = code; }, (err: unknown) => {
   const coded = err instanceof CodedError;
   process.stderr.write(`docker2cvmfs: ${coded ? messageOf(err) : `D2C_INTERNAL: ${messageOf(err)}`}\n`);

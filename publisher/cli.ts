@@ -13,6 +13,7 @@ import { PublisherError } from './errors.js';
 import { S3ObjectStore } from './object-store.js';
 import { defaultStateDir, startPublisher } from './publisher.js';
 import type { Logger } from './worker.js';
+import { tuneMallocForWriter } from '../cvmfs/malloc-tune.js';
 
 interface Flags {
   repo?: string; store?: string; storeEndpoint?: string; keys: string; name: string; s3Endpoint: string; bucket: string[]; tokenFile?: string; port: number; bind: string;
@@ -105,6 +106,7 @@ async function main(argv: string[]): Promise<number> {
   return p.result();
 }
 
+tuneMallocForWriter();
 main(process.argv.slice(2)).then((code) => { process.exitCode = code; }, (err: unknown) => {
   const coded = err instanceof CodedError;
   process.stderr.write(`cvmfs-publisher: ${coded ? messageOf(err) : `PUB_INTERNAL: ${messageOf(err)}`}\n`);

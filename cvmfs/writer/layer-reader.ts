@@ -2,8 +2,9 @@
  * Reads one tar stream into a LayerTree. Model: entries are pulled one at a time; a file body is
  * copied into fresh buffers (whole file up to the chunking threshold, else one buffer per
  * content-defined chunk) and handed to the encoder pool, and the loop moves on while workers
- * compress. Before each body, `waitForCapacity` bounds the bytes in flight and MAX_BODIES_IN_FLIGHT
- * their number (a million tiny files would otherwise queue a million jobs under the byte budget).
+ * compress. A body (or chunk) counts against MAX_BODY_BYTES_IN_FLIGHT and MAX_BODIES_IN_FLIGHT
+ * from its read until its object is stored, so neither the pool's queue nor the compressed objects
+ * waiting for storage grow past them (a million tiny files would otherwise queue a million jobs).
  * A body's hashes arrive later: the node holds a promise until they do, then the content itself;
  * the catalog builder awaits the few still pending.
  */
@@ -14,15 +15,17 @@ import type { Chunk } from '../format/catalog-statements.js';
 import { textualHash, type HashAlgo } from '../format/hash.js';
 import { encodeObject, objectPath, type ObjectSuffix } from '../format/object.js';
 import { encodeXattrs } from '../format/xattr.js';
-import { Chunker, CHUNKING_THRESHOLD_BYTES } from './chunker.js';
+import { Chunker, CHUNK_MAX_BYTES, CHUNKING_THRESHOLD_BYTES } from './chunker.js';
 import type { Encoded, ZlibPool } from '../zlib-pool.js';
 import type { ObjectSink } from './object-sink.js';
 import { checkEntry, type CheckedEntry } from '../tar/entry-rules.js';
 import { openTar, type TarCompression } from './tar-input.js';
 import { contentOfDigest, LayerTree, tarFail, type FileContent, type NodeMeta } from './tree.js';
 
-/** Bodies handed to the encoder pool and not yet stored: bounds the pool's queue and pending writes by count. */
-export const MAX_BODIES_IN_FLIGHT = 1024;
+/** Bodies read and not yet stored: bounds the pool's queue and pending writes by count. */
+export const MAX_BODIES_IN_FLIGHT = 256;
+/** Their bytes (uncompressed): room for both workers' chunks and the next, whatever the storage's pace. */
+export const MAX_BODY_BYTES_IN_FLIGHT = 24 * 1024 * 1024;
 
 export interface LayerReadStats {
   entries: number;
@@ -70,67 +73,107 @@ export async function readLayer(input: Readable, ctx: LayerReadContext): Promise
     enc.then(async (e) => { await sink.put(objectPath(textualHash(algo, e.digest), suffix), e.stored); return e.digest; });
 
   let bodiesInFlight = 0;
-  const bodyDone: (() => void)[] = [];
-  /** Waits for a free body slot and counts `content` in flight until it settles. */
-  async function bodySlot(): Promise<(content: Promise<FileContent>) => Promise<FileContent>> {
-    while (bodiesInFlight >= MAX_BODIES_IN_FLIGHT) await new Promise<void>((r) => bodyDone.push(r));
-    bodiesInFlight++;
-    const settled = () => { bodiesInFlight--; bodyDone.shift()?.(); };
-    return (content) => { content.then(settled, settled); return content; };
+  let bytesInFlight = 0;
+  let scratch: Uint8Array | undefined;
+  const waiting: (() => void)[] = [];
+  /**
+   * Waits until `bytes` more fit (one body always fits when nothing is in flight, so a 16 MiB
+   * chunk never waits forever), counts them, and returns their release.
+   */
+  async function reserve(bytes: number, counted: boolean): Promise<() => void> {
+    const full = () => (counted && bodiesInFlight >= MAX_BODIES_IN_FLIGHT)
+      || (bytesInFlight > 0 && bytesInFlight + bytes > MAX_BODY_BYTES_IN_FLIGHT);
+    while (full()) await new Promise<void>((r) => waiting.push(r));
+    if (counted) bodiesInFlight++;
+    bytesInFlight += bytes;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      if (counted) bodiesInFlight--;
+      bytesInFlight -= bytes;
+      for (const wake of waiting.splice(0)) wake();
+    };
   }
+  const releasedWhenSettled = <T>(p: Promise<T>, release: () => void): Promise<T> => { p.then(release, release); return p; };
 
   /** Reads a body; resolves once it was read, with `content` settling once it is stored. */
   type Pending = { readonly content: Promise<FileContent> };
 
   async function readWhole(body: AsyncIterable<Buffer>, size: number, name: string): Promise<Pending> {
-    const track = await bodySlot();
+    const release = await reserve(size, true);
     await pool.waitForCapacity();
     const buf = new Uint8Array(size);
     let off = 0;
-    for await (const c of body) {
-      if (off + c.length > size) throw new CvmfsError('CVMFS_TAR_CORRUPT', `entry "${name}" has more data than its header says`);
-      buf.set(c, off);
-      off += c.length;
-    }
-    if (off !== size) throw new CvmfsError('CVMFS_TAR_CORRUPT', `entry "${name}" is truncated (${off} of ${size} bytes)`);
-    return { content: track(store(pool.encode(buf, algo), '').then(contentOfDigest)) };
+    try {
+      for await (const c of body) {
+        if (off + c.length > size) throw new CvmfsError('CVMFS_TAR_CORRUPT', `entry "${name}" has more data than its header says`);
+        buf.set(c, off);
+        off += c.length;
+      }
+      if (off !== size) throw new CvmfsError('CVMFS_TAR_CORRUPT', `entry "${name}" is truncated (${off} of ${size} bytes)`);
+    } catch (err) { release(); throw err; }
+    return { content: releasedWhenSettled(store(pool.encode(buf, algo), '').then(contentOfDigest), release) };
   }
 
   async function readChunked(body: AsyncIterable<Buffer>, size: number, name: string): Promise<Pending> {
-    const track = await bodySlot();
+    const releaseFile = await reserve(0, true);
     const chunker = new Chunker();
-    const encoded: { offset: number; size: number; enc: Promise<Encoded> }[] = [];
-    let parts: Buffer[] = [];
+    // A file that yields a single chunk is stored as a normal file, as cvmfs_server does: the first
+    // chunk waits (encoded, its bytes still counted) until a second one shows it is one of many.
+    let first: { offset: number; size: number; enc: Promise<Encoded>; release: () => void } | undefined;
+    const chunks: Promise<Chunk>[] = [];
+    const storeChunk = (c: { offset: number; size: number; enc: Promise<Encoded>; release: () => void }) => {
+      chunks.push(releasedWhenSettled(store(c.enc, 'P').then((hash): Chunk => ({ offset: BigInt(c.offset), size: BigInt(c.size), hash })), c.release));
+    };
+    const held: (() => void)[] = [releaseFile];
+    // The chunk being cut is copied here as it arrives, never kept as stream buffers: a decompressor's
+    // output slices pin parents up to twice their size (zstd-napi's are 128 KiB each).
+    scratch ??= new Uint8Array(CHUNK_MAX_BYTES);
+    const buf = scratch;
     let partBytes = 0;
     let offset = 0;
-    const cut = (n: number) => {
-      const data = new Uint8Array(n);
-      let pos = 0;
-      for (const p of parts) { data.set(p, pos); pos += p.length; }
-      encoded.push({ offset, size: n, enc: pool.encode(data, algo) });
-      encoded[encoded.length - 1]!.enc.catch(() => {});
+    const cut = async (n: number) => {
+      // A second chunk: the first is one of many, and is stored before this one waits for room
+      // (held, it could keep the budget full for good).
+      if (first !== undefined) { storeChunk(first); first = undefined; }
+      const release = await reserve(n, false);
+      held.push(release);
+      await pool.waitForCapacity();
+      const c = { offset, size: n, enc: pool.encode(buf.slice(0, n), algo), release };
+      c.enc.catch(() => {});
+      if (offset === 0) first = c; else storeChunk(c);
       offset += n;
-      parts = [];
       partBytes = 0;
     };
-    for await (const c of body) {
-      let rest = c;
-      for (const end of chunker.cuts(c)) {
-        const consumed = end - (c.length - rest.length);
-        parts.push(rest.subarray(0, consumed));
-        partBytes += consumed;
-        cut(partBytes);
-        rest = rest.subarray(consumed);
-        await pool.waitForCapacity();
+    const append = (b: Buffer) => {
+      if (partBytes + b.length > buf.length) throw new CvmfsError('CVMFS_INTERNAL', `entry "${name}": a chunk above ${buf.length} bytes`);
+      buf.set(b, partBytes);
+      partBytes += b.length;
+    };
+    try {
+      for await (const c of body) {
+        let rest = c;
+        for (const end of chunker.cuts(c)) {
+          const consumed = end - (c.length - rest.length);
+          append(rest.subarray(0, consumed));
+          rest = rest.subarray(consumed);
+          await cut(partBytes);
+        }
+        if (rest.length > 0) append(rest);
       }
-      if (rest.length > 0) { parts.push(rest); partBytes += rest.length; }
+      if (partBytes > 0) await cut(partBytes);
+      if (offset !== size) throw new CvmfsError('CVMFS_TAR_CORRUPT', `entry "${name}" is truncated (${offset} of ${size} bytes)`);
+    } catch (err) {
+      // The layer fails: what this file holds is freed at once (a release runs once).
+      for (const r of held) r();
+      throw err;
     }
-    if (partBytes > 0) cut(partBytes);
-    if (offset !== size) throw new CvmfsError('CVMFS_TAR_CORRUPT', `entry "${name}" is truncated (${offset} of ${size} bytes)`);
-    // A file that yields a single chunk is stored as a normal file, as cvmfs_server does.
-    if (encoded.length === 1) return { content: track(store(encoded[0]!.enc, '').then(contentOfDigest)) };
-    const chunks = encoded.map((e) => store(e.enc, 'P').then((hash): Chunk => ({ offset: BigInt(e.offset), size: BigInt(e.size), hash })));
-    return { content: track(Promise.all(chunks).then((cs): FileContent => ({ chunks: cs }))) };
+    if (first !== undefined) {
+      const f = first;
+      return { content: releasedWhenSettled(releasedWhenSettled(store(f.enc, '').then(contentOfDigest), f.release), releaseFile) };
+    }
+    return { content: releasedWhenSettled(Promise.all(chunks).then((cs): FileContent => ({ chunks: cs })), releaseFile) };
   }
 
   try {

@@ -5,6 +5,8 @@ import path from 'node:path';
 import { gzipSync } from 'node:zlib';
 import t from 'tap';
 import { repositoryInfo, serveRepository, resign, whitelistExpired, loadState } from '../../../cvmfs/index.js';
+import { CHUNK_MAX_BYTES } from '../../../cvmfs/writer/chunker.js';
+import { MAX_BODY_BYTES_IN_FLIGHT } from '../../../cvmfs/writer/layer-reader.js';
 import { makeRepo } from '../../lib/repo-fixture.js';
 import { readRepository } from '../../lib/repo-reader.js';
 import { tarOf, type TarSpec } from '../../lib/tar-of.js';
@@ -53,6 +55,20 @@ function randomTree(seed: number): { specs: TarSpec[]; files: Map<string, Buffer
   files.set('ünïcødé name.txt', Buffer.from('utf-8'));
   return { specs, files };
 }
+
+t.test('consecutive 16 MiB chunks never wait on each other: a 40 MiB file of zeros is cut at the maximum, twice, under the in-flight budget', { timeout: 120_000 }, async (t) => {
+  t.ok(MAX_BODY_BYTES_IN_FLIGHT < 2 * CHUNK_MAX_BYTES, 'the budget holds fewer than two maximal chunks');
+  const repo = await makeRepo(path.join(t.testdir(), 'r'), 'zeros.example.org');
+  const zeros = Buffer.alloc(40 * 1024 * 1024);
+  const r = await repo.ingest('/z', await tarOf([{ type: 'file', name: 'zeros.bin', content: zeros }, { type: 'file', name: 'after', content: 'after' }]));
+  t.equal(r.revision, 2);
+  const read = await repo.read();
+  t.same(read.problems, []);
+  const e = read.entries.get('/z/zeros.bin')!;
+  t.equal(e.chunks, 3, 'cut at 16 + 16 + 8 MiB');
+  t.ok(e.content?.equals(zeros), 'read back byte for byte');
+  t.equal(read.entries.get('/z/after')!.content!.toString(), 'after');
+});
 
 t.test('random trees round-trip byte for byte, with correct catalogs and counters (sha1 and shake128)', async (t) => {
   const dir = t.testdir();

@@ -1,0 +1,5 @@
+{
+  "targets": [
+    { "target_name": "malloc_tune", "sources": ["malloc_tune.c"] }
+  ]
+}
