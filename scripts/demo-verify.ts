@@ -13,9 +13,11 @@ const repo = await readRepository(async (rel) => {
 let files = 0, bytes = 0;
 for (const e of repo.entries.values()) if (e.content) { files++; bytes += e.content.length; }
 console.log(`read revision ${repo.revision} over HTTP: ${repo.entries.size} entries in ${repo.catalogs.size} catalogs, ${files} files (${(bytes / 1048576).toFixed(1)} MiB) fetched and verified`);
-for (const p of ['/layers/app/opt/app/model.bin', '/layers/app/opt/app/start.sh', '/layers/app/opt/.wh.old-app']) {
-  const e = repo.entries.get(p);
-  if (e) console.log(`  ${p}: ${e.size} bytes${e.chunks ? `, ${e.chunks} chunks` : ''}${e.linkcount > 1 ? `, ${e.linkcount} hardlinks` : ''}`);
+const layers = [...repo.catalogs.keys()].filter((c) => /^\/\.layers\/[0-9a-f]{2}\/[0-9a-f]{64}\/layerfs$/.test(c)).sort();
+for (const c of layers) {
+  const inside = [...repo.entries.entries()].filter(([p, e]) => p.startsWith(`${c}/`) && e.content);
+  const size = inside.reduce((n, [, e]) => n + (e.content?.length ?? 0), 0);
+  console.log(`  ${c}: ${inside.length} files, ${(size / 1048576).toFixed(1)} MiB`);
 }
 if (repo.problems.length) {
   console.error('PROBLEMS:\n  ' + repo.problems.join('\n  '));
