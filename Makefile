@@ -4,10 +4,11 @@ SHELL := /bin/bash
 
 # Build tools for the native addons (better-sqlite3, zstd-napi build from their bundled sources),
 # tar/gzip/openssl/attr for tests, libfuse2 + fuse (fusermount) for the FUSE client,
-# docker.io (20.10, dockerd) and busybox-static for the end-to-end tests, docker-registry (2.8) for the converter's.
-APT_PACKAGES := g++ make python3 tar gzip openssl coreutils libfuse2 fuse attr docker.io busybox-static docker-registry
+# docker.io (20.10, dockerd) and busybox-static for the end-to-end tests, docker-registry (2.8) for the converter's;
+# squid (the site cache), iproute2 (netns, veth, tbf) and gnuplot-nox (the chart) for bench/startup.
+APT_PACKAGES := g++ make python3 tar gzip openssl coreutils libfuse2 fuse attr docker.io busybox-static docker-registry squid iproute2 gnuplot-nox
 
-.PHONY: deps apt build test demo bench clean plugin fuzz
+.PHONY: deps apt build test demo bench bench-ingest clean plugin fuzz
 
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -34,7 +35,11 @@ test: build
 demo: build
 	bash scripts/demo.sh
 
+# Container start-up from a remote site behind a wide-area link (bench/startup; ~25 min at the defaults).
 bench: build
+	node dist/bench/startup/main.js $(BENCH_ARGS)
+
+bench-ingest: build
 	node dist/bench/ingest.js $(BENCH_ARGS)
 
 .PHONY: bench-publisher
