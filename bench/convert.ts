@@ -42,7 +42,7 @@ import { openImage, parseImageArg } from '../docker2cvmfs/images.js';
 import { parseReference } from '../docker2cvmfs/reference.js';
 import { hostPlatform, RegistryClient } from '../docker2cvmfs/registry/index.js';
 import { startRegistry, type TestRegistry } from '../test/lib/registry.js';
-import { tuneMallocForWriter } from '../cvmfs/malloc-tune.js';
+import { tuneMallocForWriter, WRITER_ENV, WRITER_NODE_FLAGS } from '../cvmfs/malloc-tune.js';
 
 const { values } = parseArgs({
   options: {
@@ -610,7 +610,8 @@ let running: ReturnType<typeof spawn> | undefined;
 
 function runChild(spec: ChildSpec, nodeArgs: readonly string[] = []): Promise<ChildResult> {
   return new Promise<ChildResult>((resolve, reject) => {
-    const c = spawn(process.execPath, [...nodeArgs, THIS_FILE, '--child', JSON.stringify(spec)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const env = spec.arm === 'ingest' || spec.arm === 'convert' ? { ...process.env, ...WRITER_ENV } : process.env;
+    const c = spawn(process.execPath, [...nodeArgs, THIS_FILE, '--child', JSON.stringify(spec)], { stdio: ['ignore', 'pipe', 'inherit'], env });
     running = c;
     let partial = '';
     let result: string | undefined;
@@ -709,7 +710,8 @@ async function main(): Promise<void> {
     console.log(`${cores} cores, load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}; ${reps} repetition(s), arms interleaved, each in a fresh process`);
     console.log(`peak RSS of a child = VmHWM of /proc/self/status; process.resourceUsage().maxRSS in parentheses (on Linux it is at least `
       + `this parent's RSS at fork, ${(process.memoryUsage().rss / MB).toFixed(0)} MB now: exec keeps the pre-exec high-water mark)`);
-    console.log(`children: ingest = cvmfs/writer ingest() of the blob file; convert = openImage() + convertImages() as \`docker2cvmfs convert REF --no-thin -q\`; limit = single-core stage timings\n`);
+    console.log(`children: ingest = cvmfs/writer ingest() of the blob file; convert = openImage() + convertImages() as \`docker2cvmfs convert REF --no-thin -q\`; limit = single-core stage timings; `
+      + `ingest and convert run as the CLIs do, with ${Object.entries(WRITER_ENV).map(([k, v]) => `${k}=${v}`).join(' ')} node ${WRITER_NODE_FLAGS.join(' ')}\n`);
 
     const res = new Map<string, ChildResult[]>();
     const add = (k: string, r: ChildResult) => res.set(k, [...(res.get(k) ?? []), r]);
@@ -730,7 +732,7 @@ async function main(): Promise<void> {
           spec = { arm: 'limit', registryUrl: reg.url, tarFile, tarBytes: U, comps,
             blobs: { gzip: { ...meta.blobs.gzip, file: blobFile(work, 'gzip') }, zstd: { ...meta.blobs.zstd, file: blobFile(work, 'zstd') } } };
         }
-        const r = await runChild(spec, p.arm === 'limit' ? [] : profArgs);
+        const r = await runChild(spec, p.arm === 'limit' ? [] : [...WRITER_NODE_FLAGS, ...profArgs]);
         fs.rmSync(dir, { recursive: true, force: true });
         add(`${p.arm}:${p.comp ?? ''}`, r);
         const rate = p.arm === 'limit' ? '' : ` ${(U / MB / r.wallSeconds).toFixed(1)} MB/s,`;

@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S MALLOC_ARENA_MAX=2 node --max-semi-space-size=2
 /** `cvmfs-repo`: create, fill, re-sign, inspect and serve a CernVM-FS repository. */
 import { open, readFile } from 'node:fs/promises';
 import os from 'node:os';

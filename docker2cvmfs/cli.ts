@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S MALLOC_ARENA_MAX=2 node --max-semi-space-size=2
 /**
  * `docker2cvmfs`: convert container images into a CernVM-FS repository (the DUCC layout) and make
  * thin images that the graphdriver runs lazily from it. Exit codes: 0 done, 1 other failure,

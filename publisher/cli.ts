@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S MALLOC_ARENA_MAX=2 node --max-semi-space-size=2
 /**
  * `cvmfs-publisher`: publish layers uploaded to an S3 bucket into a CernVM-FS repository, driven by
  * the bucket's webhook notifications (thin-images-and-layout.md §7, R40–R47). The composition
