@@ -147,6 +147,9 @@ export class ObjectCache {
 
   pathOf(key: string): string { return path.join(this.dir, key.slice(0, 2), key.slice(2)); }
 
+  /** Whether `key` is cached; neither a hit nor a use. */
+  has(key: string): boolean { return this.items.has(key); }
+
   /** True (and the object counts as used) when `key` is cached. */
   lookup(key: string): boolean {
     const it = this.items.get(key);

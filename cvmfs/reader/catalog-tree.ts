@@ -8,6 +8,11 @@
  * Inodes: each catalog gets the range [offset + 1, offset + max rowid] in attach order, the first
  * offset being `inodeBase` (255 for a fresh mount, so the root is 256); hardlink group members
  * share the inode of the first member resolved.
+ *
+ * A tree is one revision and never changes, so resolved entries, misses included, are kept in a
+ * bounded map for the tree's lifetime: a path-based FUSE call then costs a map lookup, not a
+ * search of the attached catalogs and an SQLite query (and a miss, as an interpreter's import
+ * path scan makes by the thousand, not one query per catalog on the way).
  */
 import { isValidName } from '../tar/entry-rules.js';
 import { CvmfsError } from '../errors.js';
@@ -56,15 +61,23 @@ interface Attached {
 export interface LoadedCatalog { readonly file: string; readonly release: () => void }
 export type CatalogLoader = (hash: string, mountPath: string, size?: bigint) => Promise<LoadedCatalog>;
 
+/** Entries (and misses) kept per tree; about 1 KiB each. */
+export const DEFAULT_DIRENT_CACHE_ENTRIES = 200_000;
+
 export class CatalogTree {
   private root!: Attached;
   private nextOffset: number;
   private readonly byMount = new Map<string, Attached>();
+  /** path → entry, null for a path known not to exist; oldest insertions leave first. */
+  private readonly dirents = new Map<string, Dirent | null>();
 
-  private constructor(private readonly load: CatalogLoader, inodeBase: number) { this.nextOffset = inodeBase; }
+  private constructor(private readonly load: CatalogLoader, inodeBase: number, private readonly direntCacheEntries: number) {
+    this.nextOffset = inodeBase;
+  }
 
-  static async open(load: CatalogLoader, rootHash: string, inodeBase = 255, rootSize?: bigint): Promise<CatalogTree> {
-    const t = new CatalogTree(load, inodeBase);
+  static async open(load: CatalogLoader, rootHash: string, inodeBase = 255, rootSize?: bigint,
+    direntCacheEntries = DEFAULT_DIRENT_CACHE_ENTRIES): Promise<CatalogTree> {
+    const t = new CatalogTree(load, inodeBase, direntCacheEntries);
     t.root = await t.attach(rootHash, '', rootSize);
     return t;
   }
@@ -125,14 +138,30 @@ export class CatalogTree {
     return best;
   }
 
+  private remember(path: string, d: Dirent | null): void {
+    if (this.direntCacheEntries <= 0) return;
+    if (this.dirents.size >= this.direntCacheEntries) {
+      // Drop the oldest tenth at once, so that a scan of a huge tree does not pay one eviction per entry.
+      let n = Math.ceil(this.direntCacheEntries / 10);
+      for (const k of this.dirents.keys()) { this.dirents.delete(k); if (--n === 0) break; }
+    }
+    this.dirents.set(path, d);
+  }
+
   /** The entry at `path` ("" is the root), or undefined. */
-  async lookup(path: string): Promise<Dirent | undefined> {
+  lookup(path: string): Promise<Dirent | undefined> | Dirent | undefined {
+    const known = this.dirents.get(path);
+    if (known !== undefined) return known ?? undefined;
+    return this.resolve(path);
+  }
+
+  private async resolve(path: string): Promise<Dirent | undefined> {
     let cat = this.deepestAttached(path);
     for (;;) {
       const e = cat.db.lookup(path);
-      if (e) return this.dirent(cat, path, e);
+      if (e) { const d = this.dirent(cat, path, e); this.remember(path, d); return d; }
       const ref = cat.nested.find((n) => path.startsWith(n.path + '/'));
-      if (!ref) return undefined;
+      if (!ref) { this.remember(path, null); return undefined; }
       cat = await this.child(cat, ref);
     }
   }
@@ -155,7 +184,15 @@ export class CatalogTree {
     const cat = await this.catalogOfChildren(d);
     // A hostile catalog may hold names no directory can ('', '.', '..', with '/' or NUL): never shown.
     return cat.db.list(path).filter((e) => (e.flags & FLAG.HIDDEN) === 0 && isValidName(e.name))
-      .map((e) => this.dirent(cat, `${path}/${e.name}`, e));
+      .map((e) => {
+        const p = `${path}/${e.name}`;
+        const known = this.dirents.get(p);
+        if (known) return known;
+        const child = this.dirent(cat, p, e);
+        // A nested mountpoint's row is the parent's view; lookup() answers the same row first.
+        this.remember(p, child);
+        return child;
+      });
   }
 
   /** The entry as its own catalog sees it: a mountpoint resolves to the nested root (same inode). */
@@ -173,6 +210,7 @@ export class CatalogTree {
   }
 
   close(): void {
+    this.dirents.clear();
     for (const a of this.byMount.values()) { a.db.close(); a.release(); }
     this.byMount.clear();
   }

@@ -147,6 +147,8 @@ export class ObjectStore {
   }
 
   private async readSmall(ref: ObjectRef & { size: bigint }): Promise<Buffer> {
+    // A prefetch (get) of this object in flight: wait for it rather than download it twice.
+    await this.inflight.get(ref.hash)?.catch(() => {});
     if (this.cache.lookup(ref.hash)) {
       const data = await this.cache.readObject(ref.hash);
       if (BigInt(data.length) === ref.size) { this.remember(ref.hash, data); return data; }
@@ -163,12 +165,20 @@ export class ObjectStore {
     return data;
   }
 
+  /** Whether the object is in memory or the disk cache (no side effects on the LRU order). */
+  has(hash: string): boolean { return this.memory.has(hash) || this.cache.has(hash); }
+
+  /** Whether a download of the object is under way. */
+  isInFlight(hash: string): boolean { return this.inflight.has(hash) || this.inflightSmall.has(hash); }
+
   /** Path of the verified, inflated object in the cache; fetches it if needed. */
   get(ref: ObjectRef): Promise<string> {
     if (this.cache.lookup(ref.hash)) return Promise.resolve(this.cache.pathOf(ref.hash));
     let p = this.inflight.get(ref.hash);
     if (!p) {
-      p = this.download(ref).finally(() => this.inflight.delete(ref.hash));
+      const small = this.inflightSmall.get(ref.hash);
+      p = (small ? small.then(() => (this.cache.lookup(ref.hash) ? this.cache.pathOf(ref.hash) : this.download(ref)), () => this.download(ref)) : this.download(ref))
+        .finally(() => this.inflight.delete(ref.hash));
       this.inflight.set(ref.hash, p);
     }
     return p;

@@ -26,6 +26,7 @@ import { ObjectCache } from './cache.js';
 import { CatalogTree, type Dirent } from './catalog-tree.js';
 import { Fetcher, parseProxyList } from './fetcher.js';
 import { ObjectStore, SMALL_OBJECT_BYTES } from './object-store.js';
+import { DEFAULT_PREFETCH_LIMITS, DEFAULT_SIBLING_PREFETCH, PrefetchLedger, runPrefetch, type PrefetchLimits, type PrefetchObject, type PrefetchReport, type SiblingPrefetch } from './prefetch.js';
 import { checkCertificateListed, fetchTrustedRevision, verifyLetters, type Letters, type MasterKey, type TrustContext, type TrustedRevision } from './trust.js';
 
 export type { Dirent } from './catalog-tree.js';
@@ -55,6 +56,10 @@ export interface RepositoryOptions {
   readonly env?: Readonly<Record<string, string | undefined>>;
   readonly expandSymlinks?: boolean;
   readonly chunkReadAhead?: number;
+  /** On a cold open of a small file, fetch its directory's small files too (once per directory); false: off. */
+  readonly siblingPrefetch?: SiblingPrefetch | false;
+  /** Catalog entries (and misses) kept in memory per revision; default 200,000. */
+  readonly direntCacheEntries?: number;
   readonly clock?: { now(): Date };
   readonly log?: (line: string) => void;
 }
@@ -76,7 +81,25 @@ export interface RepositoryCounters {
   readonly retriesNoCache: number;
   readonly hashMismatches: number;
   readonly catalogsAttached: number;
+  /** Objects fetched ahead of a read (prefetch lists and siblings), and their inflated bytes. */
+  readonly prefetchObjects: number;
+  readonly prefetchBytes: number;
+  /** Prefetched objects that a read then needed. */
+  readonly prefetchHits: number;
+  readonly prefetchHitBytes: number;
+  /** Prefetched bytes that no read has needed so far. */
+  readonly prefetchWasteBytes: number;
 }
+
+/** Paths opened, in first-open order: what a container start read. */
+export interface AccessRecorder {
+  /** Stops recording; the paths ("/a/b"), each once. */
+  stop(): string[];
+}
+
+const MAX_RECORDED_PATHS = 100_000;
+/** Directories whose siblings were prefetched, remembered per revision. */
+const MAX_SIBLING_DIRS = 100_000;
 
 export interface FileHandle {
   readonly dirent: Dirent;
@@ -86,6 +109,8 @@ export interface FileHandle {
 }
 
 const OFFLINE_RETRY_SECONDS = 180;
+/** An empty, `.` or trailing component. */
+const NOT_NORMAL = /\/\/|\/\.(\/|$)|\/$/;
 const OLD_TREE_GRACE_MS = 30_000;
 const OPEN_CHUNKS_PER_HANDLE = 4;
 const DEFAULT_CHUNK_READ_AHEAD = 4;
@@ -125,6 +150,9 @@ export class Repository {
   private closed = false;
   private ttlSeconds: number;
   private whitelistExpiry: string;
+  private readonly ledger = new PrefetchLedger();
+  private readonly recorders = new Set<Set<string>>();
+  private siblingsDone = new Set<string>();
 
   private constructor(
     readonly fqrn: string,
@@ -194,7 +222,7 @@ export class Repository {
         offline = true;
       }
       const m = chosen.manifest;
-      const tree = await CatalogTree.open(Repository.loader(store), m.rootHash, 255, m.rootCatalogSize);
+      const tree = await CatalogTree.open(Repository.loader(store), m.rootHash, 255, m.rootCatalogSize, o.direntCacheEntries);
       if (!cached || !sameLetters(cached.letters, chosen.letters)) await cache.writeLetters(o.fqrn, chosen.letters);
       return new Repository(o.fqrn, o, fetcher, store, keys, { revision: m.revision, rootHash: m.rootHash, publishTime: m.publishTime },
         tree, offline, chosen.whitelist.expires, chosen.letters);
@@ -257,9 +285,10 @@ export class Repository {
           this.letters = t.letters;
         }
         if (m.rootHash === this.state.rootHash || m.publishTime < this.state.publishTime || m.revision <= this.state.revision) return false;
-        const tree = await CatalogTree.open(Repository.loader(this.store), m.rootHash, this.tree.inodeHighWater, m.rootCatalogSize);
+        const tree = await CatalogTree.open(Repository.loader(this.store), m.rootHash, this.tree.inodeHighWater, m.rootCatalogSize, this.o.direntCacheEntries);
         const old = this.tree;
         this.tree = tree;
+        this.siblingsDone = new Set();
         this.state = { revision: m.revision, rootHash: m.rootHash, publishTime: m.publishTime };
         this.ttlSeconds = this.effectiveTtl();
         await this.store.cache.writeLetters(this.fqrn, t.letters);
@@ -287,8 +316,10 @@ export class Repository {
     this.tick();
   }
 
-  /** Normalises "/a/b/" and "a/b" to "/a/b"; "/" to "". */
+  /** Normalises "/a/b/" and "a/b" to "/a/b"; "/" to "". FUSE's paths are already "/a/b". */
   private static norm(path: string): string {
+    if (path === '/') return '';
+    if (path.charCodeAt(0) === 47 && !NOT_NORMAL.test(path)) return path;
     const parts = path.split('/').filter((c) => c !== '' && c !== '.');
     return parts.length ? '/' + parts.join('/') : '';
   }
@@ -349,12 +380,72 @@ export class Repository {
   async open(path: string): Promise<FileHandle> {
     const d = await this.stat(path);
     if (d.kind !== 'file') throw new CvmfsError('CVMFS_NOT_A_FILE', `${d.path || '/'} is not a regular file`);
+    for (const r of this.recorders) if (r.size < MAX_RECORDED_PATHS) r.add(d.path);
+    if (!d.chunked && d.hash && !this.store.has(d.hash)) this.prefetchSiblings(d);
     return d.chunked ? this.openChunked(d) : this.openWhole(d);
+  }
+
+  /** Records the paths of the files opened from now until `stop()`. */
+  recordOpens(): AccessRecorder {
+    const seen = new Set<string>();
+    this.recorders.add(seen);
+    return { stop: () => { this.recorders.delete(seen); return [...seen]; } };
+  }
+
+  /** The objects to fetch for a file: its whole-file object, or its chunks. */
+  private objectsOf(d: Dirent): PrefetchObject[] {
+    if (d.chunked) {
+      return this.tree.chunks(d).map((c) => {
+        const hash = textualHash(d.algo, c.hash);
+        return { hash, size: Number(c.size), fetch: () => this.store.get({ hash, suffix: 'P', compressed: d.compressed, size: c.size }) };
+      });
+    }
+    if (!d.hash) return [];
+    const hash = d.hash;
+    return [{ hash, size: Number(d.size), fetch: () => this.store.get({ hash, suffix: '', compressed: d.compressed, size: d.size }) }];
+  }
+
+  /**
+   * Fetches the objects of the files at `paths`, in list order, bounded (`limits`); for a list
+   * recorded from a container start. Missing, odd or hostile paths are counted, never fetched
+   * outside this repository's catalogs. Resolves when done; never rejects.
+   */
+  prefetch(paths: Iterable<string>, limits: Partial<PrefetchLimits> = {}, signal?: AbortSignal): Promise<PrefetchReport> {
+    const l = { ...DEFAULT_PREFETCH_LIMITS, ...limits };
+    return runPrefetch(paths, l, async (p) => {
+      if (this.closed) throw new CvmfsError('CVMFS_CLOSED', `repository ${this.fqrn} is closed`);
+      if (typeof p !== 'string' || p.includes('\0') || p.split('/').includes('..')) return 'missing';
+      const d = await this.tree.lookup(Repository.norm(p));
+      if (!d) return 'missing';
+      if (d.kind !== 'file') return 'not-file';
+      return { objects: this.objectsOf(d) };
+    }, (h) => this.store.has(h) || this.store.isInFlight(h), this.ledger, signal);
+  }
+
+  private prefetchSiblings(d: Dirent): void {
+    const s = this.o.siblingPrefetch === undefined ? DEFAULT_SIBLING_PREFETCH : this.o.siblingPrefetch;
+    if (s === false || d.size > BigInt(s.maxFileBytes)) return;
+    const dir = d.path.slice(0, d.path.lastIndexOf('/'));
+    if (this.siblingsDone.has(dir) || this.siblingsDone.size >= MAX_SIBLING_DIRS) return;
+    this.siblingsDone.add(dir);
+    void (async () => {
+      const names: string[] = [];
+      let bytes = 0;
+      for (const e of await this.tree.list(dir)) {
+        if (names.length >= s.maxFiles) break;
+        if (e.kind !== 'file' || e.chunked || !e.hash || e.path === d.path || e.size > BigInt(s.maxFileBytes) || this.store.has(e.hash)) continue;
+        if (bytes + Number(e.size) > s.maxBytes) continue;
+        bytes += Number(e.size);
+        names.push(e.path);
+      }
+      await this.prefetch(names, { concurrency: Math.min(8, s.maxFiles), maxBytes: s.maxBytes, maxFiles: s.maxFiles });
+    })().catch(() => {});
   }
 
   private async openWhole(d: Dirent): Promise<FileHandle> {
     if (!d.hash) throw new CvmfsError('CVMFS_BAD_CATALOG', `${d.path} has neither a hash nor chunks`);
     const hash = d.hash;
+    this.ledger.used(hash);
     if (d.size <= BigInt(SMALL_OBJECT_BYTES)) {
       const data = await this.store.read({ hash, suffix: '', compressed: d.compressed, size: d.size });
       return {
@@ -382,7 +473,9 @@ export class Repository {
     const readAhead = this.o.chunkReadAhead ?? DEFAULT_CHUNK_READ_AHEAD;
     const fetchChunk = (i: number) => {
       const c = chunks[i]!;
-      return this.store.get({ hash: hashOf(c), suffix: 'P', compressed: d.compressed, size: c.size });
+      const hash = hashOf(c);
+      this.ledger.used(hash);
+      return this.store.get({ hash, suffix: 'P', compressed: d.compressed, size: c.size });
     };
     const handleOf = (i: number): Promise<fs.FileHandle> => {
       let h = open.get(i);
@@ -491,6 +584,8 @@ export class Repository {
       cacheHits: c.hits, cacheMisses: c.misses, evictions: c.evictions, evictedBytes: c.evictedBytes, cacheUsedBytes: this.store.cache.usedBytes,
       requests: f.requests, failovers: f.failovers, retriesNoCache: f.retriesNoCache, hashMismatches: s.hashMismatches,
       catalogsAttached: this.tree.attachedCount,
+      prefetchObjects: this.ledger.objects, prefetchBytes: this.ledger.bytes, prefetchHits: this.ledger.hits,
+      prefetchHitBytes: this.ledger.hitBytes, prefetchWasteBytes: this.ledger.wasteBytes,
     };
   }
 
