@@ -12,6 +12,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import tar from 'tar-stream';
+import type { PrefetchLimits } from '../cvmfs/reader/index.js';
 import { applyDiff } from './apply-diff.js';
 import { changesOf, diffSize, diffTar, type Change } from './diff.js';
 import { DriverError } from './errors.js';
@@ -57,6 +58,8 @@ export interface DriverOptions {
   readonly applyIdleTimeoutMs?: number;
   /** Publish commits of containers on thin images (thin commits); unset: commits stay local (R9). */
   readonly publish?: PublishSettings;
+  /** Bounds of the prefetch of a thin image's recorded access list; false: never prefetch. */
+  readonly prefetch?: Partial<PrefetchLimits> | false;
 }
 
 export interface ExportOptions {
@@ -79,6 +82,8 @@ export class GraphDriver {
   private readonly mounted = new Set<string>();
   /** Repository leases held by each mounted layer built on a thin image. */
   private readonly leases = new Map<string, RepoLease[]>();
+  /** Prefetch of a recorded access list, per mounted layer built on a thin image that has one. */
+  private readonly prefetches = new Map<string, AbortController>();
   private readonly locks = new KeyedLock();
   private readonly log: Logger;
   private ids = new IdMapping();
@@ -183,7 +188,7 @@ export class GraphDriver {
       const chain = store.chain(id);
       const merged = layout.mergedDir(id);
       if (!this.mounted.has(id)) {
-        const { lowers, leases } = await this.lowerStack(chain);
+        const { lowers, leases, prefetch } = await this.lowerStack(chain);
         try {
           const m = overlayMountOf({ home: layout.home, lowerLinks: lowers, upperDir: layout.diffDir(id), workDir: layout.workDir(id) });
           await mount(m, merged);
@@ -192,6 +197,7 @@ export class GraphDriver {
           throw err;
         }
         if (leases.length) this.leases.set(id, leases);
+        if (prefetch) this.prefetches.set(id, prefetch());
         this.mounted.add(id);
       }
       this.refs.set(id, (this.refs.get(id) ?? 0) + 1);
@@ -206,7 +212,7 @@ export class GraphDriver {
    * A thin layer's own Get is its plain directory with the byte-exact thin.json (R15): push and
    * save read only that file, and no repository is mounted for them.
    */
-  private async lowerStack(chain: readonly LayerRecord[]): Promise<{ lowers: string[]; leases: RepoLease[] }> {
+  private async lowerStack(chain: readonly LayerRecord[]): Promise<{ lowers: string[]; leases: RepoLease[]; prefetch?: () => AbortController }> {
     const { layout } = this.need();
     if (chain[0]?.thin !== undefined) return { lowers: [], leases: [] };
     const k = chain.findIndex((r, i) => i > 0 && r.thin !== undefined);
@@ -239,7 +245,36 @@ export class GraphDriver {
     // A thin layer further down (the parent of a thin commit) is described by the nearer descriptor
     // already; its own directory holds only its thin.json, which containers never see (R15).
     const below = chain.slice(k + 1).filter((r) => r.thin === undefined).map((r) => `l/${r.link}`);
-    return { lowers: [...above, ...cvmfsLowers, ...below], leases: [...leases.values()] };
+    const lowers = [...above, ...cvmfsLowers, ...below];
+    if (desc.prefetch.length === 0 || this.o.prefetch === false) return { lowers, leases: [...leases.values()] };
+    return { lowers, leases: [...leases.values()], prefetch: () => this.startPrefetch(thin.id, desc, leases) };
+  }
+
+  /**
+   * Fetches the descriptor's recorded access list in the background while the container starts,
+   * per repository, bounded; a read of an object in flight waits for that download. Aborted when
+   * the layer is unmounted. Its outcome is only logged: prefetch never fails a start.
+   */
+  private startPrefetch(thinId: string, desc: ThinDescriptor, leases: ReadonlyMap<string, RepoLease>): AbortController {
+    const ac = new AbortController();
+    const byRepo = new Map<string, string[]>();
+    for (const e of desc.prefetch) {
+      const l = desc.layers[e.layer]!;
+      let list = byRepo.get(l.fqrn);
+      if (!list) byRepo.set(l.fqrn, list = []);
+      list.push(l.path + e.path);
+    }
+    if (desc.prefetchDropped) this.log('warn', `thin layer ${thinId}: ${desc.prefetchDropped} prefetch list entries were malformed or over the bound, and ignored`);
+    for (const [fqrn, paths] of byRepo) {
+      const lease = leases.get(fqrn);
+      if (!lease) continue;
+      const t0 = performance.now();
+      void lease.repo.prefetch(paths, this.o.prefetch || {}, ac.signal).then((r) => {
+        this.log('debug', `prefetch for thin layer ${thinId} from ${fqrn}: ${r.objects} objects, ${(r.bytes / 1e6).toFixed(1)} MB in ${((performance.now() - t0) / 1000).toFixed(2)} s; `
+          + `${r.alreadyCached} cached, ${r.missing} missing, ${r.notFiles} not files, ${r.overBudget} over budget, ${r.failed} failed${r.firstError ? ` (${r.firstError})` : ''}`);
+      });
+    }
+    return ac;
   }
 
   private async descriptorOf(thin: LayerRecord): Promise<ThinDescriptor> {
@@ -264,6 +299,8 @@ export class GraphDriver {
   /** Unmounts a layer's merged view and releases the repositories it held. */
   private async unmountLayer(id: string): Promise<void> {
     if (this.mounted.has(id)) { await unmount(this.need().layout.mergedDir(id)); this.mounted.delete(id); }
+    this.prefetches.get(id)?.abort();
+    this.prefetches.delete(id);
     const ls = this.leases.get(id);
     this.leases.delete(id);
     if (ls) await Promise.all(ls.map((l) => l.release()));

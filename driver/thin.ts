@@ -12,7 +12,45 @@ const DIGEST = /^(sha256:)?([0-9a-f]{64})$/;
 const FQRN = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$/;
 
 export interface ThinLayer { readonly digest: string; readonly fqrn: string; readonly path: string }
-export interface ThinDescriptor { readonly version: string; readonly origin: string; readonly layers: readonly ThinLayer[] }
+/** A file a recorded start-up read: `path` inside layer `layer` (an index of `layers`, base 0), "/a/b". */
+export interface PrefetchEntry { readonly layer: number; readonly path: string }
+export interface ThinDescriptor {
+  readonly version: string;
+  readonly origin: string;
+  readonly layers: readonly ThinLayer[];
+  /** The recorded access list (`prefetch`), well-formed entries only, in recorded order. */
+  readonly prefetch: readonly PrefetchEntry[];
+  /** Entries of the list that were malformed, out of range or beyond the bound, and left out. */
+  readonly prefetchDropped: number;
+}
+
+/** At most this many list entries are taken; the rest are dropped. */
+export const MAX_PREFETCH_ENTRIES = 100_000;
+const MAX_PREFETCH_PATH = 4096;
+
+/**
+ * The recorded access list thin.json may carry (written by `docker2cvmfs record`):
+ * `"prefetch": {"version": 1, "files": [[layer index, "path/in/layer"], …]}`. Readers that do not
+ * know it ignore it (unknown keys, §2.2). It only steers prefetch, so a bad list never fails the
+ * image: malformed entries, paths that leave their layer and entries past the bound are dropped.
+ */
+function prefetchOf(v: unknown, layerCount: number): { prefetch: PrefetchEntry[]; prefetchDropped: number } {
+  const files = v !== null && typeof v === 'object' && !Array.isArray(v) && (v as Record<string, unknown>).version === 1
+    ? (v as Record<string, unknown>).files : undefined;
+  if (!Array.isArray(files)) return { prefetch: [], prefetchDropped: v === undefined ? 0 : 1 };
+  const prefetch: PrefetchEntry[] = [];
+  let dropped = 0;
+  for (const e of files) {
+    if (prefetch.length >= MAX_PREFETCH_ENTRIES || !Array.isArray(e) || e.length !== 2) { dropped++; continue; }
+    const [layer, p] = e as unknown[];
+    if (typeof layer !== 'number' || !Number.isInteger(layer) || layer < 0 || layer >= layerCount
+      || typeof p !== 'string' || p.length === 0 || p.length > MAX_PREFETCH_PATH) { dropped++; continue; }
+    const parts = p.split('/').filter((c) => c !== '');
+    if (parts.length === 0 || parts.some((c) => c === '.' || c === '..' || c.includes('\0'))) { dropped++; continue; }
+    prefetch.push({ layer, path: '/' + parts.join('/') });
+  }
+  return { prefetch, prefetchDropped: dropped };
+}
 
 const invalid = (file: string, why: string) => new DriverError('DRIVER_THIN_INVALID', `${file}: ${why}`);
 
@@ -47,7 +85,7 @@ export function parseThin(file: ThinFile, bytes: Buffer, defaultRepository?: str
     const layers = text.split('\n').map((l) => l.trim()).filter(Boolean)
       .map((d, i) => ({ digest: digestOf(d, file, i), fqrn: defaultRepository, path: '' }))
       .map((l) => ({ ...l, path: `/layers/${l.digest}` }));
-    return { version: '0', origin: '', layers };
+    return { version: '0', origin: '', layers, prefetch: [], prefetchDropped: 0 };
   }
   let doc: unknown;
   try { doc = JSON.parse(text); } catch (err) { throw invalid(file, `is not JSON (${(err as Error).message})`); }
@@ -74,7 +112,7 @@ export function parseThin(file: ThinFile, bytes: Buffer, defaultRepository?: str
     }
     return { digest, ...parseUrl(e.url, file, i) };
   });
-  return { version, origin: typeof o.origin === 'string' ? o.origin : '', layers };
+  return { version, origin: typeof o.origin === 'string' ? o.origin : '', layers, ...prefetchOf(o.prefetch, layers.length) };
 }
 
 // ---- writing thin.json (thin commits) ------------------------------------------------------
@@ -116,7 +154,9 @@ export const thinUrlOf = (l: ThinLayer): string => `cvmfs://${l.fqrn}${l.path}`;
  */
 export function appendedThinJson(parent: ThinDescriptor, layer: { readonly digest: string; readonly url: string }): Buffer {
   const layers = [...parent.layers.map((l) => ({ digest: l.digest, url: thinUrlOf(l) })), { digest: layer.digest.replace(/^sha256:/, ''), url: layer.url }];
-  const doc = { version: '1.0', ...(parent.origin ? { origin: parent.origin } : {}), layers };
+  // The parent's access list stays valid: its layer indexes are unchanged below the new top layer.
+  const prefetch = parent.prefetch.length ? { prefetch: { version: 1, files: parent.prefetch.map((e) => [e.layer, e.path.slice(1)]) } } : {};
+  const doc = { version: '1.0', ...(parent.origin ? { origin: parent.origin } : {}), layers, ...prefetch };
   const errs = thinSchemaErrors(doc);
   if (errs.length) throw invalid('thin.json', `the committed descriptor would fail the schema: ${errs.join('; ')}`);
   const bytes = Buffer.from(JSON.stringify(doc, null, 2) + '\n');
