@@ -28,6 +28,8 @@ import { sync, type SyncSummary } from './sync.js';
 import { buildThinImage, makeThinJson } from './thin-image.js';
 import { loadThinImage, pushThinImage, writeThinArchive } from './thin-output.js';
 import { tuneMallocForWriter } from '../cvmfs/malloc-tune.js';
+import { layerFs } from './layout.js';
+import { recordStartup } from './record.js';
 
 /** Thin-image names for --load and -o: DUCC's default without the scheme. */
 const DEFAULT_THIN_NAME = DEFAULT_OUTPUT_FORMAT.replace('$(scheme)://', '');
@@ -119,7 +121,7 @@ function addOutputOptions(c: Command): Command {
 
 async function runConvert(images: string[], f: RegistryFlags & OutputFlags & {
   repo: string; keys: string; thin: boolean; thinName?: string; push?: string | boolean; load?: boolean; output?: string;
-  allowForeign?: boolean; parallel?: number; force?: boolean;
+  allowForeign?: boolean; parallel?: number; force?: boolean; record?: boolean; recordCmd?: string; recordTimeout?: number;
 }): Promise<number> {
   const rep = reporterOf(f);
   const client = registryClient(f, await credentialsOf(f, (s) => rep.log(`warning: ${s}`)));
@@ -127,6 +129,8 @@ async function runConvert(images: string[], f: RegistryFlags & OutputFlags & {
   const args = images.map(parseImageArg);
   if (!f.thin && (f.push || f.load || f.output)) throw new ConvertError('D2C_USAGE', '--no-thin with --push, --load or -o makes no sense');
   if (f.output && images.length > 1) throw new ConvertError('D2C_USAGE', '-o writes one image: give one IMAGE');
+  const record = f.record || f.recordCmd !== undefined;
+  if (record && (images.length > 1 || !f.thin)) throw new ConvertError('D2C_USAGE', '--record records one image for its thin image: give one IMAGE, without --no-thin');
   const opened: OpenedImage[] = [];
   for (const a of args) opened.push(await openImage(a, { registry: client, platform, allowForeign: f.allowForeign ?? false }));
   let summary: ConvertSummary;
@@ -140,7 +144,18 @@ async function runConvert(images: string[], f: RegistryFlags & OutputFlags & {
     const format = typeof f.push === 'string' ? f.push : f.thinName ?? DEFAULT_THIN_NAME;
     for (const [k, o] of opened.entries()) {
       const outcome = summary.images[k]!;
-      const thin = buildThinImage(o.image, makeThinJson(outcome.thinLayers, o.image.name));
+      let prefetch: readonly (readonly [number, string])[] | undefined;
+      if (record) {
+        const r = await recordStartup({
+          repoDir: f.repo, keysDir: f.keys, fqrn: summary.fqrn, layers: outcome.thinLayers.map((l) => layerFs(l.digest)),
+          config: o.image.config, ...(f.recordCmd !== undefined ? { command: ['/bin/sh', '-c', f.recordCmd] } : {}),
+          timeoutMs: (f.recordTimeout ?? 60) * 1000, log: (l) => { if (!f.json && !f.quiet) console.error(l); },
+        });
+        prefetch = r.files;
+        const how = r.timedOut ? `stopped after ${f.recordTimeout ?? 60} s` : `exit ${r.exitCode}`;
+        if (!f.json) console.log(`recorded ${r.files.length} files (${formatBytes(r.bytes)}) read by the start (${how}, ${r.seconds.toFixed(1)} s)`);
+      }
+      const thin = buildThinImage(o.image, makeThinJson(outcome.thinLayers, o.image.name, prefetch));
       const ref = thinRef(format, o, opened.length > 1);
       const name = formatReference(ref, { familiar: true });
       if (f.push) thins.push({ image: o.image.name, name, output: 'registry', digest: await pushThinImage(client, ref, thin) });
@@ -219,6 +234,7 @@ async function runInspect(image: string, f: RegistryFlags & OutputFlags & { repo
   console.log(`${result.name}\n  manifest ${result.manifestDigest}\n  config   ${result.configDigest}\n  platform ${result.platform || '?'}`);
   if (result.thin) {
     console.log(`  thin image (${result.thinFile}), origin ${result.origin || '?'}${result.source?.digest ? `, made from ${result.source.name} ${result.source.digest}` : ''}`);
+    console.log(result.prefetchFiles ? `  recorded access list: ${result.prefetchFiles} files, prefetched by the plugin at start` : '  no recorded access list (convert --record makes one)');
   } else console.log('  not a thin image: its layers and where convert puts them');
   if (result.repository) console.log(`  checked against ${result.repository.fqrn} revision ${result.repository.revision}`);
   for (const l of result.layers) {
@@ -252,6 +268,13 @@ export function program(): Command {
     .option('--allow-foreign', 'fetch and convert foreign (non-distributable) layers from their URLs')
     .addOption(new Option('--parallel <n>', 'layers downloading at once').argParser(positiveInt).default(3))
     .option('--force', 'ingest layers again even when present')
+    .option('--record', "run the image's command once (root, FUSE, overlayfs) and put the files its start read into thin.json, for prefetch")
+    .option('--record-cmd <command>', 'record this shell command instead of Entrypoint + Cmd (implies --record)')
+    .addOption(new Option('--record-timeout <seconds>', 'stop the recorded command after this long').argParser((v) => {
+      const n = Number(v);
+      if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError('a number of seconds');
+      return n;
+    }).default(60))
     .action((images: string[], f) => { result = runConvert(images, f); });
 
   addOutputOptions(addRegistryOptions(repoOptions(p.command('sync')

@@ -41,6 +41,8 @@ export interface Inspection {
   readonly thin: boolean;
   readonly thinFile?: string;
   readonly origin?: string;
+  /** Files in the recorded access list of a thin image (convert --record). */
+  readonly prefetchFiles?: number;
   readonly source?: { readonly name?: string; readonly digest?: string };
   readonly layers: readonly InspectedLayer[];
   readonly repository?: { readonly fqrn: string; readonly revision: number };
@@ -79,7 +81,7 @@ export async function inspectImage(image: ResolvedImage, access?: RepositoryAcce
   if (thin.thin) {
     layers = thin.descriptor.layers.map((l) => ({ digest: `sha256:${l.digest}`, url: l.url, fqrn: l.location?.fqrn, path: l.location?.path }));
     extra = {
-      thinFile: thin.file, origin: thin.descriptor.origin,
+      thinFile: thin.file, origin: thin.descriptor.origin, prefetchFiles: thin.descriptor.prefetchFiles,
       source: { name: typeof labels['org.cernvm.thin.source'] === 'string' ? labels['org.cernvm.thin.source'] as string : undefined,
         digest: typeof labels['org.cernvm.thin.source-digest'] === 'string' ? labels['org.cernvm.thin.source-digest'] as string : undefined },
     };

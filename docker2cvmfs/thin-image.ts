@@ -52,11 +52,12 @@ function splitUrl(url: string): { fqrn: string; path: string } | string {
 // ---- writing thin.json ---------------------------------------------------------------------
 
 /**
- * The `thin.json` we write: `{"version": "1.0", "origin", "layers": [{digest, url}]}`, base layer
+ * The `thin.json` we write: `{"version": "1.0", "origin", "layers": [{digest, url}], "prefetch"}`, base layer
  * first, digests without `sha256:`, two-space indentation and a trailing newline (the Go
  * producers' `MarshalIndent` shape). `origin` is omitted when empty, as Go's omitempty does.
  */
-export function makeThinJson(layers: readonly { readonly digest: string; readonly url: string }[], origin: string): Buffer {
+export function makeThinJson(layers: readonly { readonly digest: string; readonly url: string }[], origin: string,
+  prefetch?: readonly (readonly [number, string])[]): Buffer {
   const out = layers.map((l, i) => {
     const m = typeof l.digest === 'string' ? DIGEST.exec(l.digest) : null;
     if (!m) throw badThin('thin.json', `layer ${i + 1} digest ${JSON.stringify(l.digest)} is not sha256 hex`);
@@ -65,7 +66,11 @@ export function makeThinJson(layers: readonly { readonly digest: string; readonl
     return { digest: m[2]!, url: l.url };
   });
   if (typeof origin !== 'string') throw badThin('thin.json', 'origin is not a string');
-  const doc = { version: THIN_VERSION, ...(origin ? { origin } : {}), layers: out };
+  // The recorded access list (`docker2cvmfs convert --record`): [layer index, path in layer]; readers that do not know it ignore it.
+  if (prefetch?.some(([i, p]) => !Number.isInteger(i) || i < 0 || i >= out.length || typeof p !== 'string' || p === '')) {
+    throw badThin('thin.json', 'a prefetch entry names no layer or no path');
+  }
+  const doc = { version: THIN_VERSION, ...(origin ? { origin } : {}), layers: out, ...(prefetch?.length ? { prefetch: { version: 1, files: prefetch } } : {}) };
   const bytes = Buffer.from(JSON.stringify(doc, null, 2) + '\n');
   // Never emit what a reader refuses: read our own output back.
   parseThinDescriptor('thin.json', bytes);
@@ -90,6 +95,8 @@ export interface ThinDescriptor {
   readonly origin: string;
   /** Base layer first. */
   readonly layers: readonly ThinLayerRef[];
+  /** Entries of the recorded access list (`prefetch.files`), if the descriptor carries one. */
+  readonly prefetchFiles: number;
 }
 
 function digestOf(v: unknown, file: string, i: number): string {
@@ -116,7 +123,7 @@ export function parseThinDescriptor(file: ThinFile, bytes: Buffer, defaultReposi
       const digest = digestOf(d, file, i);
       return { digest, ...(defaultRepository ? { location: legacyLocation(defaultRepository, digest) } : {}) };
     });
-    return { file, version: '0', origin: '', layers };
+    return { file, version: '0', origin: '', layers, prefetchFiles: 0 };
   }
   let doc: unknown;
   try { doc = JSON.parse(text); } catch (err) { throw badThin(file, `is not JSON (${(err as Error).message})`); }
@@ -157,7 +164,8 @@ export function parseThinDescriptor(file: ThinFile, bytes: Buffer, defaultReposi
     }
     return { digest, ...(defaultRepository ? { location: legacyLocation(defaultRepository, digest) } : {}) };
   });
-  return { file, version, origin: typeof o.origin === 'string' ? o.origin : '', layers };
+  const files = (o.prefetch as { files?: unknown } | null | undefined)?.files;
+  return { file, version, origin: typeof o.origin === 'string' ? o.origin : '', layers, prefetchFiles: Array.isArray(files) ? files.length : 0 };
 }
 
 // ---- the thin image -------------------------------------------------------------------------

@@ -113,6 +113,18 @@ export function convertedImageTests(t: Test, daemon: () => Daemon, repos: () => 
       sameAs(t, await observe(d, thinRef), original, 'registry → thin');
     });
 
+    await t.test('convert --record: the files the start read travel in thin.json; the plugin prefetches them; the image runs the same', async (t) => {
+      const thinRef = reg.name('thin/recorded:1');
+      const out = await d2c(['convert', srcRef, ...repoArgs, '--record', '--push', thinRef]);
+      const m = /recorded (\d+) files \(([^)]*)\) read by the start \(exit 0/.exec(out);
+      t.ok(m && Number(m[1]) >= 1, `the start was recorded: ${out}`);
+      const inspected = JSON.parse(await d2c(['inspect', thinRef, '--json'])) as { thin: boolean; prefetchFiles?: number };
+      t.equal(inspected.prefetchFiles, Number(m?.[1]), 'the thin image carries the recorded list');
+      await d.docker(['pull', thinRef]);
+      sameAs(t, await observe(d, thinRef), original, 'recorded thin');
+      t.match(d.pluginLog(), /prefetch for thin layer \w+ from converted\.example\.org: \d+ objects/, 'the plugin prefetched the list at start');
+    });
+
     await t.test('from docker-archive: (docker save), thin image --load-ed into the plugin daemon', async (t) => {
       const archive = path.join(src.dir, 'app.tar');
       await src.docker(['save', '-o', archive, srcRef]);
