@@ -15,7 +15,7 @@ export interface PrefetchLimits {
 
 export const DEFAULT_PREFETCH_LIMITS: PrefetchLimits = { concurrency: 16, maxBytes: 512 * 1024 * 1024, maxFiles: 50_000 };
 
-/** Sibling prefetch: on a cold open of a small file, its directory's small files, once per directory. */
+/** Sibling prefetch: on a cold open of a small file, the small files that follow it in its directory. */
 export interface SiblingPrefetch {
   readonly maxFiles: number;
   readonly maxBytes: number;

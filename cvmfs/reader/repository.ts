@@ -98,7 +98,7 @@ export interface AccessRecorder {
 }
 
 const MAX_RECORDED_PATHS = 100_000;
-/** Directories whose siblings were prefetched, remembered per revision. */
+/** Directories whose opens and sibling prefetches are counted, per revision; forgotten beyond. */
 const MAX_SIBLING_DIRS = 100_000;
 
 export interface FileHandle {
@@ -152,7 +152,8 @@ export class Repository {
   private whitelistExpiry: string;
   private readonly ledger = new PrefetchLedger();
   private readonly recorders = new Set<Set<string>>();
-  private siblingsDone = new Set<string>();
+  /** Per directory: files opened there, and siblings prefetched there. */
+  private siblingDirs = new Map<string, { opened: number; prefetched: number }>();
 
   private constructor(
     readonly fqrn: string,
@@ -288,7 +289,7 @@ export class Repository {
         const tree = await CatalogTree.open(Repository.loader(this.store), m.rootHash, this.tree.inodeHighWater, m.rootCatalogSize, this.o.direntCacheEntries);
         const old = this.tree;
         this.tree = tree;
-        this.siblingsDone = new Set();
+        this.siblingDirs = new Map();
         this.state = { revision: m.revision, rootHash: m.rootHash, publishTime: m.publishTime };
         this.ttlSeconds = this.effectiveTtl();
         await this.store.cache.writeLetters(this.fqrn, t.letters);
@@ -381,7 +382,7 @@ export class Repository {
     const d = await this.stat(path);
     if (d.kind !== 'file') throw new CvmfsError('CVMFS_NOT_A_FILE', `${d.path || '/'} is not a regular file`);
     for (const r of this.recorders) if (r.size < MAX_RECORDED_PATHS) r.add(d.path);
-    if (!d.chunked && d.hash && !this.store.has(d.hash)) this.prefetchSiblings(d);
+    this.prefetchSiblings(d);
     return d.chunked ? this.openChunked(d) : this.openWhole(d);
   }
 
@@ -422,22 +423,39 @@ export class Repository {
     }, (h) => this.store.has(h) || this.store.isInFlight(h), this.ledger, signal);
   }
 
+  /**
+   * On a cold open of a small file, its small siblings that follow it in name order (wrapping) are
+   * fetched, at most `maxFiles` and `maxBytes` at a time. What a directory may have prefetched grows
+   * with what was opened in it (`maxFiles` + 2 × opened), so a scan of a directory keeps its window
+   * ahead while a lone read in a big one costs one window at most.
+   */
   private prefetchSiblings(d: Dirent): void {
     const s = this.o.siblingPrefetch === undefined ? DEFAULT_SIBLING_PREFETCH : this.o.siblingPrefetch;
-    if (s === false || d.size > BigInt(s.maxFileBytes)) return;
+    if (s === false) return;
     const dir = d.path.slice(0, d.path.lastIndexOf('/'));
-    if (this.siblingsDone.has(dir) || this.siblingsDone.size >= MAX_SIBLING_DIRS) return;
-    this.siblingsDone.add(dir);
+    let st = this.siblingDirs.get(dir);
+    if (!st) {
+      if (this.siblingDirs.size >= MAX_SIBLING_DIRS) this.siblingDirs.clear();
+      this.siblingDirs.set(dir, st = { opened: 0, prefetched: 0 });
+    }
+    st.opened++;
+    if (d.chunked || !d.hash || d.size > BigInt(s.maxFileBytes) || this.store.has(d.hash) || this.store.isInFlight(d.hash)) return;
+    const allowance = Math.min(s.maxFiles, s.maxFiles + 2 * st.opened - st.prefetched);
+    if (allowance <= 0) return;
+    const state = st;
     void (async () => {
+      const all = (await this.tree.list(dir)).filter((e) => e.kind === 'file' && !e.chunked && e.hash && e.size <= BigInt(s.maxFileBytes));
+      all.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+      const at = all.findIndex((e) => e.path === d.path);
       const names: string[] = [];
       let bytes = 0;
-      for (const e of await this.tree.list(dir)) {
-        if (names.length >= s.maxFiles) break;
-        if (e.kind !== 'file' || e.chunked || !e.hash || e.path === d.path || e.size > BigInt(s.maxFileBytes) || this.store.has(e.hash)) continue;
-        if (bytes + Number(e.size) > s.maxBytes) continue;
+      for (let k = 1; k < all.length && names.length < allowance; k++) {
+        const e = all[(at + k) % all.length]!;
+        if (e.path === d.path || this.store.has(e.hash!) || this.store.isInFlight(e.hash!) || bytes + Number(e.size) > s.maxBytes) continue;
         bytes += Number(e.size);
         names.push(e.path);
       }
+      state.prefetched += names.length;
       await this.prefetch(names, { concurrency: Math.min(8, s.maxFiles), maxBytes: s.maxBytes, maxFiles: s.maxFiles });
     })().catch(() => {});
   }

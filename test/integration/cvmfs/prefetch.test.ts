@@ -111,20 +111,31 @@ t.test('a server that dies mid-prefetch: reads fail over to the next one', async
   t.ok(r.counters().failovers >= 1, 'failed over');
 });
 
-t.test('sibling prefetch: a cold open of a small file fetches its small siblings, bounded, once per directory', async (t) => {
+t.test('sibling prefetch: a cold small open fetches the small files that follow it; the window of a directory grows with its opens', async (t) => {
   const base = t.testdir();
   const repo = await repoWithFiles(base);
   const srv = await faultyServer(repo.dir, repo.fqrn);
   t.teardown(() => srv.close());
   const r = await openRepository(opts(repo, [srv.url], path.join(base, 'cache'), { siblingPrefetch: { maxFiles: 10, maxBytes: 1 << 20, maxFileBytes: 64 * 1024 } }));
   t.teardown(() => r.close());
+  const settle = async (n: number) => { for (let i = 0; i < 100 && r.counters().prefetchObjects < n; i++) await new Promise((res) => setTimeout(res, 20)); };
+  const objects = () => srv.log.filter((p) => p.startsWith('data/') && !p.endsWith('C')).length; // file objects, not catalogs
+  const o0 = objects();
   t.ok((await r.readFile('/layer/d0/f0')).equals(files.get('d0/f0')!));
-  for (let i = 0; i < 50 && r.counters().prefetchObjects < 10; i++) await new Promise((res) => setTimeout(res, 20));
-  t.equal(r.counters().prefetchObjects, 10, 'maxFiles siblings fetched');
-  t.ok((await r.readFile('/layer/d0/f1')).equals(files.get('d0/f1')!));
-  await new Promise((res) => setTimeout(res, 100));
-  t.equal(r.counters().prefetchObjects, 10, 'a directory is prefetched once');
-  t.ok(r.counters().prefetchHits >= 1, 'reading a sibling is a hit');
+  await settle(10);
+  t.equal(r.counters().prefetchObjects, 10, 'one window of maxFiles siblings');
+  t.equal(objects() - o0, 11, 'the file and its ten followers, one request each');
+  // Name order after f0: f1, f10, f11, … f18.
+  for (const n of ['f1', 'f10', 'f18']) t.ok((await r.readFile(`/layer/d0/${n}`)).equals(files.get(`d0/${n}`)!), `${n} read`);
+  t.equal(objects() - o0, 11, 'the followers were already there');
+  t.equal(r.counters().prefetchHits, 3, 'each a prefetch hit');
+  // A scan of the directory: every file read, each byte right, the window kept ahead.
+  const names = [...files.keys()].filter((n) => n.startsWith('d0/'));
+  for (const n of names) if (!(await r.readFile(`/layer/${n}`)).equals(files.get(n)!)) t.fail(`${n}: wrong bytes`);
+  t.equal(objects() - o0, names.length, 'the scan fetched each file once');
+  t.ok(r.counters().prefetchObjects <= 10 + 2 * (names.length + 3), 'prefetched at most maxFiles + 2 × opened in the directory');
+  t.equal(r.counters().prefetchWasteBytes, 0, 'every prefetched sibling was read');
+
   const none = await openRepository(opts(repo, [srv.url], path.join(base, 'cache2'), { siblingPrefetch: false }));
   t.teardown(() => none.close());
   await none.readFile('/layer/d1/f0');
