@@ -1,12 +1,14 @@
 #!/usr/bin/env -S MALLOC_ARENA_MAX=2 node --max-semi-space-size=2
 /** `cvmfs-repo`: create, fill, re-sign, inspect and serve a CernVM-FS repository. */
 import { open, readFile } from 'node:fs/promises';
+import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
 import { CodedError, CvmfsError, messageOf } from './errors.js';
 import { parseHashAlgo } from './format/hash.js';
+import { clientCountersOf, CLIENT_METRIC_PREFIX, parsePrometheusText, type ClientCounters } from './prometheus-text.js';
 import { openRepository } from './reader/repository.js';
 import { serveRepository } from './server/http-server.js';
 import { openStorage, type OpenedStorage } from './writer/open-storage.js';
@@ -25,6 +27,7 @@ const USAGE = `usage:
   cvmfs-repo mount   --url URL[,URL…] --name FQRN --pubkey FILE[,FILE…] --cache DIR [--quota MB] [--proxy P] [--ttl S] MOUNTPOINT
   cvmfs-repo cat     --url URL[,URL…] --name FQRN --pubkey FILE[,FILE…] [--cache DIR] PATH
   cvmfs-repo ls      --url URL[,URL…] --name FQRN --pubkey FILE[,FILE…] [--cache DIR] [PATH]
+  cvmfs-repo stats   [--socket PATH | --url http://HOST:PORT] [--json]
 
 R is the served repository tree, K the key directory (kept outside R).
 S is s3://BUCKET[/PREFIX] (or a directory, as --dir), with [--s3-endpoint URL] [--s3-region REGION]
@@ -33,7 +36,9 @@ AWS SDK's default chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, �
 ingest reads a tar stream (plain, gzip or zstd) from FILE or standard input.
 mount serves the repository read-only through FUSE until SIGINT or SIGTERM.
 cat and ls cache in $XDG_CACHE_HOME/cvmfs-graphdriver/FQRN (else ~/.cache/…) without --cache;
-a cache directory must be private to its owner.`;
+a cache directory must be private to its owner.
+stats shows the graphdriver plugin's client counters per repository, from its metrics endpoint
+(CVMFSGD_METRICS; default socket /var/lib/cvmfs-graphdriver/metrics.sock).`;
 
 class UsageError extends Error {}
 
@@ -84,6 +89,7 @@ function parse(args: string[]) {
       json: { type: 'boolean' }, threads: { type: 'string' },
       url: { type: 'string' }, pubkey: { type: 'string' }, cache: { type: 'string' }, quota: { type: 'string' },
       proxy: { type: 'string' }, ttl: { type: 'string' }, debug: { type: 'boolean' }, 'allow-other': { type: 'boolean' },
+      socket: { type: 'string' },
     },
   });
 }
@@ -216,9 +222,102 @@ async function run(cmd: string, v: Values, positionals: string[], storage: () =>
       } finally { await repo.close(); }
       return 0;
     }
+    case 'stats': {
+      if (v.socket !== undefined && v.url !== undefined) throw new UsageError('stats takes --socket PATH or --url URL, not both');
+      const text = await fetchMetrics(v.url !== undefined ? { url: metricsUrl(v.url) } : { socketPath: v.socket ?? DEFAULT_METRICS_SOCKET });
+      const samples = parsePrometheusText(text).samples.filter((x) => x.name.startsWith(CLIENT_METRIC_PREFIX));
+      const repositories = clientCountersOf(samples);
+      if (v.json) {
+        // JSON has no NaN or infinities: they are written as the exposition writes them.
+        const finite = (_k: string, x: unknown) => (typeof x === 'number' && !Number.isFinite(x) ? (Number.isNaN(x) ? 'NaN' : x > 0 ? '+Inf' : '-Inf') : x);
+        console.log(JSON.stringify({ samples, repositories }, finite, 2));
+      } else console.log(repositories.length ? statsTable(repositories) : 'no repository mounted since the plugin started');
+      return 0;
+    }
     default:
       throw new UsageError(`unknown command "${cmd}"`);
   }
+}
+
+/**
+ * Where the plugin serves its metrics unless CVMFSGD_METRICS says otherwise: METRICS_SOCKET_NAME
+ * in its default state directory (plugin/settings.ts, plugin/main.ts; cvmfs/ does not import them).
+ */
+const DEFAULT_METRICS_SOCKET = '/var/lib/cvmfs-graphdriver/metrics.sock';
+const METRICS_TIMEOUT_MS = 5_000;
+const METRICS_MAX_BYTES = 16 * 1024 * 1024;
+
+/** `http://host:port` means its /metrics; any other path is taken as given. */
+function metricsUrl(s: string): URL {
+  let u: URL;
+  try { u = new URL(s); } catch { throw new UsageError(`--url ${JSON.stringify(s)} is not a URL`); }
+  if (u.protocol !== 'http:') throw new UsageError(`--url ${s}: only http:// is served by the plugin`);
+  if (u.pathname === '/') u.pathname = '/metrics';
+  return u;
+}
+
+/** GET /metrics from the plugin's socket or a URL; the whole exchange within METRICS_TIMEOUT_MS. */
+function fetchMetrics(target: { readonly socketPath: string } | { readonly url: URL }): Promise<string> {
+  const where = 'socketPath' in target ? target.socketPath : target.url.href;
+  const signal = AbortSignal.timeout(METRICS_TIMEOUT_MS);
+  return new Promise((resolve, reject) => {
+    const fail = (err: Error) => {
+      if (err instanceof CvmfsError) { reject(err); return; }
+      if (signal.aborted) { reject(new CvmfsError('CVMFS_TRANSFER_TIMEOUT', `no answer from ${where} within ${METRICS_TIMEOUT_MS / 1000} s`, { cause: err })); return; }
+      const code = (err as NodeJS.ErrnoException).code;
+      const hint = code === 'EACCES' ? ': the socket is private to root; run as root'
+        : code === 'ENOENT' || code === 'ECONNREFUSED' ? ': is the plugin running, with CVMFSGD_METRICS not off? A managed plugin serves it at <data-root>/plugins/<plugin ID>/rootfs/state/metrics.sock'
+        : '';
+      reject(new CvmfsError('CVMFS_CONNECTION_FAILED', `cannot reach the plugin's metrics at ${where}: ${err.message}${hint}`, { cause: err }));
+    };
+    const onResponse = (res: http.IncomingMessage) => {
+      res.on('error', fail);
+      if (res.statusCode !== 200) {
+        res.resume();
+        fail(new CvmfsError('CVMFS_HTTP_ERROR', `${where} answered ${res.statusCode ?? '?'} to GET /metrics`));
+        return;
+      }
+      const parts: Buffer[] = [];
+      let size = 0;
+      res.on('data', (c: Buffer) => {
+        size += c.length;
+        if (size <= METRICS_MAX_BYTES) { parts.push(c); return; }
+        res.destroy();
+        fail(new CvmfsError('CVMFS_HTTP_ERROR', `${where} answered more than ${METRICS_MAX_BYTES} bytes of metrics`));
+      });
+      res.on('end', () => resolve(Buffer.concat(parts).toString('utf8')));
+    };
+    const req = 'socketPath' in target
+      ? http.get({ socketPath: target.socketPath, path: '/metrics', signal }, onResponse)
+      : http.get(target.url, { signal }, onResponse);
+    req.on('error', fail);
+  });
+}
+
+/** One row per repository; prefetch columns only when the plugin reports them. */
+function statsTable(rows: readonly ClientCounters[]): string {
+  type Column = readonly [string, (v: ClientCounters['values']) => string];
+  const has = (k: string) => rows.some((r) => r.values[k] !== undefined);
+  const num = (x: number | undefined) => (x === undefined ? '-' : String(x));
+  const mb = (x: number | undefined) => (x === undefined ? '-' : (x / 1e6).toFixed(1));
+  const ratio = (v: ClientCounters['values']) => {
+    const [h, m] = [v.cache_hits ?? 0, v.cache_misses ?? 0];
+    return h + m > 0 ? `${((100 * h) / (h + m)).toFixed(1)}%` : '-';
+  };
+  const cols: Column[] = [
+    ...(has('mounted') ? [['MOUNTED', (v) => (v.mounted === 0 ? 'no' : 'yes')] satisfies Column] : []),
+    ['REVISION', (v) => num(v.revision)],
+    ['OBJECTS', (v) => num(v.objects_fetched)],
+    ['FETCHED MB', (v) => mb(v.bytes_fetched)],
+    ['HITS', (v) => num(v.cache_hits)],
+    ['MISSES', (v) => num(v.cache_misses)],
+    ['HIT RATIO', ratio],
+    ...(has('prefetch_hits') ? [['PREFETCH HITS', (v) => num(v.prefetch_hits)] satisfies Column] : []),
+    ...(has('prefetch_waste_bytes') ? [['PREFETCH WASTE MB', (v) => mb(v.prefetch_waste_bytes)] satisfies Column] : []),
+  ];
+  const table = [['REPOSITORY', ...cols.map(([h]) => h)], ...rows.map((r) => [r.repository, ...cols.map(([, f]) => f(r.values))])];
+  const widths = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
+  return table.map((row) => row.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd()).join('\n');
 }
 
 tuneMallocForWriter();

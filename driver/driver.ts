@@ -473,6 +473,9 @@ export class GraphDriver {
     this.checkDiffParent(id, parent);
     return diffSize(this.need().layout.diffDir(id));
   }
+
+  /** Client counters per repository (RepoMounts.snapshot); none before Init. Never throws. */
+  async repositoryCounters(): ReturnType<RepoMounts['snapshot']> { return (await this.repos?.snapshot()) ?? []; }
 }
 
 /** The committed thin layer: one entry, thin.json (0644 as DUCC writes it), fixed owner and time. */

@@ -13,7 +13,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { decodeXattrs } from '../cvmfs/format/xattr.js';
 import { mountRepository, type Mount } from '../cvmfs/fuse/index.js';
-import { openRepository, type Repository } from '../cvmfs/reader/index.js';
+import { openRepository, type Repository, type RepositoryCounters } from '../cvmfs/reader/index.js';
 import type { Logger } from './driver.js';
 import { DriverError } from './errors.js';
 import { IdMapping } from './id-map.js';
@@ -158,6 +158,7 @@ export class RepoMounts {
       const e = await p.catch(() => undefined);
       if (!e) return;
       await e.mount.unmount().catch((err: Error) => this.log('warn', `unmounting ${fqrn}: ${err.message}`));
+      this.lastCounters.set(fqrn, e.repo.counters());
       await e.repo.close();
       this.log('info', `unmounted ${fqrn}`);
     })();
@@ -199,6 +200,40 @@ export class RepoMounts {
     await Promise.all([...this.live.keys()].map((fqrn) => this.unmountIdle(fqrn)));
     await Promise.all([...this.closing.values()]);
   }
+
+  /** Counters as last seen, kept after an unmount so that totals do not vanish. */
+  private readonly lastCounters = new Map<string, RepositoryCounters>();
+
+  /**
+   * The client counters of every repository: mounted ones read now (a mount still in progress is
+   * not waited for), unmounted ones as they were at the unmount. A remount starts its counters
+   * from zero again. Never throws.
+   */
+  async snapshot(): Promise<RepositorySnapshot[]> {
+    // Promises already settled win the race: their reactions run before setImmediate.
+    const pending = new Promise<undefined>((resolve) => setImmediate(resolve, undefined));
+    const live = await Promise.all([...this.live].map(async ([fqrn, p]) => [fqrn, await Promise.race([p.catch(() => undefined), pending])] as const));
+    const out: RepositorySnapshot[] = [];
+    for (const [fqrn, e] of live) {
+      if (!e) continue;
+      try {
+        const counters = e.repo.counters();
+        this.lastCounters.set(fqrn, counters);
+        out.push({ fqrn, counters, mounted: true });
+      } catch (err) {
+        this.log('debug', `counters of ${fqrn}: ${(err as Error).message}`);
+      }
+    }
+    for (const [fqrn, counters] of this.lastCounters) if (!out.some((s) => s.fqrn === fqrn)) out.push({ fqrn, counters, mounted: false });
+    return out.sort((a, b) => a.fqrn.localeCompare(b.fqrn));
+  }
+}
+
+/** One repository's client counters; `mounted: false` are the last ones seen before its unmount. */
+export interface RepositorySnapshot {
+  readonly fqrn: string;
+  readonly counters: RepositoryCounters;
+  readonly mounted: boolean;
 }
 
 /**

@@ -9,13 +9,14 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { GraphDriver, type Logger } from '../driver/index.js';
+import { createPluginMetrics, listenMetrics, type MetricsServer } from './metrics.js';
 import { createPluginApp, listenPlugin } from './server.js';
-import { nonNegative, positive, publishSettings } from './settings.js';
+import { metricsAddress, nonNegative, positive, publishSettings } from './settings.js';
 
 const LEVELS = ['debug', 'info', 'warn', 'error'] as const;
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { socket: { type: 'string' }, 'state-dir': { type: 'string' }, 'log-level': { type: 'string' } } });
+  const { values } = parseArgs({ options: { socket: { type: 'string' }, 'state-dir': { type: 'string' }, 'log-level': { type: 'string' }, metrics: { type: 'string' } } });
   const env = process.env;
   const socket = values.socket ?? env.CVMFSGD_SOCKET ?? '/run/docker/plugins/cvmfs.sock';
   const stateDir = values['state-dir'] ?? env.CVMFSGD_STATE_DIR ?? '/var/lib/cvmfs-graphdriver';
@@ -25,6 +26,7 @@ async function main(): Promise<void> {
   const configDir = env.CVMFSGD_CONFIG_DIR ?? '/etc/cvmfs-graphdriver';
   const perRepository = await readRepositoriesFile(path.join(configDir, 'repositories.json'), log);
   const publish = publishSettings(env);
+  const metricsAt = metricsAddress(values.metrics ?? env.CVMFSGD_METRICS, stateDir);
   const driver = new GraphDriver({
     log,
     repositories: {
@@ -44,6 +46,13 @@ async function main(): Promise<void> {
   await fs.mkdir(path.dirname(socket), { recursive: true });
   const server = await listenPlugin(createPluginApp({ driver, stateDir, log }), socket);
   log('info', `listening on ${socket}`);
+  // Metrics are an aid: a busy port or a bad socket path costs them, not the plugin.
+  let metrics: MetricsServer | undefined;
+  if (metricsAt) {
+    metrics = await listenMetrics(createPluginMetrics(() => driver.repositoryCounters()), metricsAt, log)
+      .catch((err: Error) => { log('warn', `metrics not served: ${err.message}`); return undefined; });
+    if (metrics) log('info', `metrics at ${metrics.url}`);
+  } else log('info', 'metrics off (CVMFSGD_METRICS=off)');
   await driver.resume(stateDir).catch((err: Error) => log('warn', `could not resume persisted state: ${err.message}`));
 
   let stopping = false;
@@ -53,7 +62,7 @@ async function main(): Promise<void> {
     log('info', `${sig}: shutting down`);
     server.close();
     server.closeAllConnections();
-    void fs.rm(socket, { force: true }).finally(() => { process.exitCode = 0; });
+    void Promise.all([fs.rm(socket, { force: true }), metrics?.close()]).finally(() => { process.exitCode = 0; });
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));

@@ -1,5 +1,7 @@
 /** Settings from the environment (`docker plugin set`, or a legacy plugin's environment), parsed once. */
+import path from 'node:path';
 import type { PublishSettings } from '../driver/index.js';
+import type { MetricsAddress } from './metrics.js';
 
 export function nonNegative(name: string, value: string): number {
   const n = Number(value);
@@ -45,3 +47,28 @@ export function publishSettings(env: NodeJS.ProcessEnv): PublishSettings | undef
   };
 }
 
+
+/** The default metrics socket, in the state directory (the plugin's rootfs for a managed plugin). */
+export const METRICS_SOCKET_NAME = 'metrics.sock';
+
+/**
+ * `CVMFSGD_METRICS` / `--metrics`: unset or empty, a unix socket `metrics.sock` in the state
+ * directory; `off`, no metrics server; `unix:/abs/path.sock`; or `HOST:PORT` (`[::1]:9101` for
+ * IPv6) for TCP, which anyone who reaches that address can read.
+ */
+export function metricsAddress(value: string | undefined, stateDir: string): MetricsAddress | undefined {
+  const v = value?.trim() ?? '';
+  if (v === '') return { kind: 'unix', path: path.join(stateDir, METRICS_SOCKET_NAME) };
+  if (v === 'off') return undefined;
+  const bad = (why: string) => new Error(`CVMFSGD_METRICS=${JSON.stringify(value)}: ${why}; expected off, unix:/absolute/path.sock or HOST:PORT`);
+  if (v.startsWith('unix:')) {
+    const p = v.slice('unix:'.length);
+    if (!path.isAbsolute(p)) throw bad('the socket path is not absolute');
+    return { kind: 'unix', path: p };
+  }
+  const m = /^\[([0-9A-Fa-f:.]+)\]:(\d+)$/.exec(v) ?? /^([A-Za-z0-9.-]+):(\d+)$/.exec(v);
+  if (!m) throw bad('not an address');
+  const port = Number(m[2]);
+  if (port > 65535) throw bad(`port ${port} is out of range`);
+  return { kind: 'tcp', host: m[1]!, port };
+}
