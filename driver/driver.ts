@@ -67,6 +67,9 @@ export interface ExportOptions {
   readonly signal?: AbortSignal;
 }
 
+/** How long a thin image's prefetch outlives the unmount of the last layer using it. */
+const PREFETCH_GRACE_MS = 30_000;
+
 /** What a thin commit publishes: the layers above the nearest thin ancestor, and that ancestor. */
 interface ThinCommitPlan {
   /** Layers whose changes make the new layer, top first (the container layer, then regular layers above the thin one). */
@@ -82,8 +85,14 @@ export class GraphDriver {
   private readonly mounted = new Set<string>();
   /** Repository leases held by each mounted layer built on a thin image. */
   private readonly leases = new Map<string, RepoLease[]>();
-  /** Prefetch of a recorded access list, per mounted layer built on a thin image that has one. */
-  private readonly prefetches = new Map<string, AbortController>();
+  /**
+   * Prefetch of a recorded access list, one per thin image, shared by the mounted layers built on
+   * it: `docker run` mounts and unmounts the -init and container layers in turn, which must not
+   * restart or abort it. Aborted PREFETCH_GRACE_MS after its last layer is unmounted.
+   */
+  private readonly prefetches = new Map<string, { ac: AbortController; users: number; idle?: NodeJS.Timeout }>();
+  /** Mounted layer → the thin image whose prefetch it uses. */
+  private readonly prefetchOf = new Map<string, string>();
   private readonly locks = new KeyedLock();
   private readonly log: Logger;
   private ids = new IdMapping();
@@ -197,7 +206,7 @@ export class GraphDriver {
           throw err;
         }
         if (leases.length) this.leases.set(id, leases);
-        if (prefetch) this.prefetches.set(id, prefetch());
+        if (prefetch) this.prefetchOf.set(id, prefetch());
         this.mounted.add(id);
       }
       this.refs.set(id, (this.refs.get(id) ?? 0) + 1);
@@ -212,7 +221,7 @@ export class GraphDriver {
    * A thin layer's own Get is its plain directory with the byte-exact thin.json (R15): push and
    * save read only that file, and no repository is mounted for them.
    */
-  private async lowerStack(chain: readonly LayerRecord[]): Promise<{ lowers: string[]; leases: RepoLease[]; prefetch?: () => AbortController }> {
+  private async lowerStack(chain: readonly LayerRecord[]): Promise<{ lowers: string[]; leases: RepoLease[]; prefetch?: () => string }> {
     const { layout } = this.need();
     if (chain[0]?.thin !== undefined) return { lowers: [], leases: [] };
     const k = chain.findIndex((r, i) => i > 0 && r.thin !== undefined);
@@ -247,7 +256,7 @@ export class GraphDriver {
     const below = chain.slice(k + 1).filter((r) => r.thin === undefined).map((r) => `l/${r.link}`);
     const lowers = [...above, ...cvmfsLowers, ...below];
     if (desc.prefetch.length === 0 || this.o.prefetch === false) return { lowers, leases: [...leases.values()] };
-    return { lowers, leases: [...leases.values()], prefetch: () => this.startPrefetch(thin.id, desc, leases) };
+    return { lowers, leases: [...leases.values()], prefetch: () => this.usePrefetch(thin.id, desc, leases) };
   }
 
   /**
@@ -255,6 +264,27 @@ export class GraphDriver {
    * per repository, bounded; a read of an object in flight waits for that download. Aborted when
    * the layer is unmounted. Its outcome is only logged: prefetch never fails a start.
    */
+  private usePrefetch(thinId: string, desc: ThinDescriptor, leases: ReadonlyMap<string, RepoLease>): string {
+    const running = this.prefetches.get(thinId);
+    if (running) {
+      running.users++;
+      clearTimeout(running.idle);
+      delete running.idle;
+      return thinId;
+    }
+    this.prefetches.set(thinId, { ac: this.startPrefetch(thinId, desc, leases), users: 1 });
+    return thinId;
+  }
+
+  private releasePrefetch(id: string): void {
+    const thinId = this.prefetchOf.get(id);
+    this.prefetchOf.delete(id);
+    const p = thinId !== undefined ? this.prefetches.get(thinId) : undefined;
+    if (!p || --p.users > 0) return;
+    p.idle = setTimeout(() => { p.ac.abort(); this.prefetches.delete(thinId!); }, PREFETCH_GRACE_MS);
+    p.idle.unref();
+  }
+
   private startPrefetch(thinId: string, desc: ThinDescriptor, leases: ReadonlyMap<string, RepoLease>): AbortController {
     const ac = new AbortController();
     const byRepo = new Map<string, string[]>();
@@ -299,8 +329,7 @@ export class GraphDriver {
   /** Unmounts a layer's merged view and releases the repositories it held. */
   private async unmountLayer(id: string): Promise<void> {
     if (this.mounted.has(id)) { await unmount(this.need().layout.mergedDir(id)); this.mounted.delete(id); }
-    this.prefetches.get(id)?.abort();
-    this.prefetches.delete(id);
+    this.releasePrefetch(id);
     const ls = this.leases.get(id);
     this.leases.delete(id);
     if (ls) await Promise.all(ls.map((l) => l.release()));
@@ -343,6 +372,9 @@ export class GraphDriver {
     }
     this.refs.clear();
     this.leases.clear();
+    for (const p of this.prefetches.values()) { clearTimeout(p.idle); p.ac.abort(); }
+    this.prefetches.clear();
+    this.prefetchOf.clear();
     await this.repos?.releaseAll();
   }
 

@@ -188,7 +188,7 @@ export class Fetcher {
       timeoutMs, lowSpeedLimitBytesPerSecond: opts.lowSpeedLimitBytesPerSecond ?? DEFAULT_LOW_SPEED_LIMIT_BYTES_PER_SECOND,
       lowSpeedWindowMs: opts.lowSpeedWindowMs || timeoutMs, deadlineMs: opts.deadlineMs ?? DEFAULT_DEADLINE_MS,
       maxRetries: opts.maxRetries ?? 1, backoffInitMs: opts.backoffInitMs ?? 2000,
-      backoffMaxMs: opts.backoffMaxMs ?? 10_000, hostResetMs: opts.hostResetMs ?? 1_800_000, maxSockets: opts.maxSockets ?? 16,
+      backoffMaxMs: opts.backoffMaxMs ?? 10_000, hostResetMs: opts.hostResetMs ?? 1_800_000, maxSockets: opts.maxSockets ?? 32,
       random: opts.random ?? Math.random, now: opts.now ?? Date.now, userAgent: opts.userAgent ?? 'cvmfs-graphdriver',
     };
     this.agent = new http.Agent({ keepAlive: true, maxSockets: this.o.maxSockets, keepAliveMsecs: 30_000 });

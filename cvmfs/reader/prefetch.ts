@@ -13,7 +13,7 @@ export interface PrefetchLimits {
   readonly maxFiles: number;
 }
 
-export const DEFAULT_PREFETCH_LIMITS: PrefetchLimits = { concurrency: 16, maxBytes: 512 * 1024 * 1024, maxFiles: 50_000 };
+export const DEFAULT_PREFETCH_LIMITS: PrefetchLimits = { concurrency: 32, maxBytes: 512 * 1024 * 1024, maxFiles: 50_000 };
 
 /** Sibling prefetch: on a cold open of a small file, the small files that follow it in its directory. */
 export interface SiblingPrefetch {

@@ -136,11 +136,11 @@ t.test('sibling prefetch: a cold small open fetches the small files that follow 
   t.ok(r.counters().prefetchObjects <= 10 + 2 * (names.length + 3), 'prefetched at most maxFiles + 2 × opened in the directory');
   t.equal(r.counters().prefetchWasteBytes, 0, 'every prefetched sibling was read');
 
-  const none = await openRepository(opts(repo, [srv.url], path.join(base, 'cache2'), { siblingPrefetch: false }));
+  const none = await openRepository(opts(repo, [srv.url], path.join(base, 'cache2')));
   t.teardown(() => none.close());
   await none.readFile('/layer/d1/f0');
   await new Promise((res) => setTimeout(res, 100));
-  t.equal(none.counters().prefetchObjects, 0, 'off when disabled');
+  t.equal(none.counters().prefetchObjects, 0, 'off by default');
 });
 
 t.test('a bounded entry cache answers like the catalogs, entries and misses, across evictions', async (t) => {
