@@ -41,8 +41,11 @@ export async function startNode(o: NodeOptions): Promise<Node> {
 
 export interface StartTiming { readonly ttfoS: number; readonly totalS: number; readonly pullS: number }
 
-/** `docker pull` (when `pull`) then `docker run --rm`, timed from the first command. */
-export async function timedStart(node: Node, ref: string, pull: boolean, t0 = performance.now()): Promise<StartTiming> {
+/**
+ * `docker pull` (when `pull`) then `docker run --rm`, timed from the first command; `onFirstOutput`
+ * is called (once, synchronously) when the container's first output arrives.
+ */
+export async function timedStart(node: Node, ref: string, pull: boolean, t0 = performance.now(), onFirstOutput?: () => void): Promise<StartTiming> {
   const d = node.daemon;
   if (pull) await d.docker(['pull', '-q', ref]);
   const pulled = performance.now();
@@ -52,7 +55,7 @@ export async function timedStart(node: Node, ref: string, pull: boolean, t0 = pe
     let out = '', err = '';
     let ttfo = 0;
     c.stdout.on('data', (b: Buffer) => {
-      if (!ttfo && b.length) ttfo = performance.now();
+      if (!ttfo && b.length) { ttfo = performance.now(); onFirstOutput?.(); }
       out += b.toString();
     });
     c.stderr.on('data', (b: Buffer) => { err += b.toString(); });
@@ -74,7 +77,11 @@ export async function removeImage(node: Node, ref: string): Promise<void> {
   await node.daemon.docker(['image', 'prune', '-af'], { allowFail: true });
 }
 
-export interface ClientCounters { bytesFetched: number; objectsFetched: number; requests: number; cacheHits: number; cacheMisses: number; catalogsAttached: number }
+export interface ClientCounters {
+  bytesFetched: number; objectsFetched: number; requests: number; cacheHits: number; cacheMisses: number; catalogsAttached: number;
+  /** Objects fetched ahead of a read (recorded lists and siblings), their inflated bytes, those a read then needed, and the bytes none has needed so far. */
+  prefetchObjects?: number; prefetchBytes?: number; prefetchHits?: number; prefetchHitBytes?: number; prefetchWasteBytes?: number;
+}
 
 /** The plugin client's counters (`user.counters` on the repository mount), or undefined when not mounted. */
 export async function clientCounters(node: Node, fqrn: string): Promise<ClientCounters | undefined> {

@@ -40,6 +40,24 @@ export interface Sample {
   readonly far_bytes: number;
   readonly limit_s?: number;
   readonly round_trips?: number;
+  /** `docker pull` done, seconds from the first command (0 without a pull). */
+  readonly pull_s?: number;
+  /** Thin arms: the client's prefetch counters over the run (recorded list and siblings), read after the container exited. */
+  readonly prefetch_objects?: number;
+  readonly prefetch_bytes?: number;
+  readonly prefetch_hits?: number;
+  readonly prefetch_hit_bytes?: number;
+  readonly prefetch_waste_bytes?: number;
+  /** Recorded arm: the plugin's prefetch of the list, start and end in seconds from the first command. */
+  readonly prefetch_start_s?: number;
+  readonly prefetch_done_s?: number;
+  /** Recorded arm: each list prefetch the plugin ran (one per mount of the image's stack), and its driver calls and prefetches in time order. */
+  readonly prefetch_runs?: readonly { readonly start_s: number; readonly done_s: number; readonly objects: number; readonly mb: number }[];
+  readonly timeline?: readonly string[];
+  /** Recorded arm: the physical limit of the first output (payload sent and objects fetched by then). */
+  readonly ttfo_limit_s?: number;
+  readonly ttfo_round_trips?: number;
+  readonly ttfo_far_bytes?: number;
 }
 
 export interface ArmSummary {
@@ -66,6 +84,12 @@ export function summarize(samples: readonly Sample[], o: { readBytes: number; fi
   const med = (f: (s: Sample) => number) => Math.round(medianOf(samples.map(f)));
   const limits = samples.map((s) => s.limit_s).filter((x): x is number => x !== undefined);
   const rtts = samples.map((s) => s.round_trips).filter((x): x is number => x !== undefined);
+  const opt = (f: (s: Sample) => number | undefined) => samples.map(f).filter((x): x is number => x !== undefined);
+  const optMedian = (key: string, f: (s: Sample) => number | undefined, round = true) => {
+    const xs = opt(f);
+    return xs.length ? { [key]: round ? Math.round(medianOf(xs)) : medianOf(xs) } : {};
+  };
+  const ttfoLimits = opt((s) => s.ttfo_limit_s);
   return {
     ttfo_s: dist(samples.map((s) => s.ttfo_s)), total_s: dist(samples.map((s) => s.total_s)),
     wire_bytes: med((s) => s.wire_down + s.wire_up), wire_bytes_down: med((s) => s.wire_down),
@@ -73,6 +97,12 @@ export function summarize(samples: readonly Sample[], o: { readBytes: number; fi
     requests: med((s) => s.requests), far_requests: med((s) => s.far_requests), objects_fetched: med((s) => s.objects_fetched),
     files_read: o.filesRead,
     ...(limits.length ? { limit_s: dist(limits) } : {}), ...(rtts.length ? { round_trips: Math.round(medianOf(rtts)) } : {}),
+    ...(ttfoLimits.length ? { ttfo_limit_s: dist(ttfoLimits) } : {}), ...optMedian('ttfo_round_trips', (s) => s.ttfo_round_trips),
+    ...optMedian('pull_s', (s) => s.pull_s, false),
+    ...optMedian('prefetch_objects', (s) => s.prefetch_objects), ...optMedian('prefetch_bytes', (s) => s.prefetch_bytes),
+    ...optMedian('prefetch_hits', (s) => s.prefetch_hits), ...optMedian('prefetch_hit_bytes', (s) => s.prefetch_hit_bytes),
+    ...optMedian('prefetch_waste_bytes', (s) => s.prefetch_waste_bytes),
+    ...optMedian('prefetch_start_s', (s) => s.prefetch_start_s, false), ...optMedian('prefetch_done_s', (s) => s.prefetch_done_s, false),
     link_rtt_ms: o.linkRttMs, link_mbit: o.linkMbit, ...(o.extra ?? {}), samples,
   };
 }
@@ -95,16 +125,17 @@ const mb = (x: number) => (x / 1e6).toFixed(x < 1e7 ? 2 : 1);
 export function markdown(r: Results): string {
   const out: string[] = [];
   out.push(`Link: nominal ${r.link.nominal_rtt_ms} ms RTT, ${r.link.nominal_mbit} Mbit/s; measured ${r.link.rtt_ms.toFixed(1)} ms RTT (min ${r.link.rtt_min_ms.toFixed(1)}), ${r.link.mbit.toFixed(0)} Mbit/s bulk.`, '');
-  out.push('| image | arm | TTFO median (p90) s | total median (p90) s | wire MB | read MB | catalog MB | requests (far) | objects | physical limit s | total / limit |');
-  out.push('|---|---|---|---|---|---|---|---|---|---|---|');
+  out.push('| image | arm | TTFO median (p90) s | total median (p90) s | wire MB | read MB | catalog MB | requests (far) | objects | prefetched MB (unused) | physical limit s | total / limit |');
+  out.push('|---|---|---|---|---|---|---|---|---|---|---|---|');
   for (const [img, v] of Object.entries(r.images)) {
     for (const [arm, a] of Object.entries(v.arms)) {
       out.push(`| ${img} | ${arm} | ${f2(a.ttfo_s.median)} (${f2(a.ttfo_s.p90)}) | ${f2(a.total_s.median)} (${f2(a.total_s.p90)}) | ${mb(a.wire_bytes)} | ${mb(a.read_bytes)} | ${mb(a.catalog_bytes)} | `
-        + `${a.requests} (${a.far_requests}) | ${a.objects_fetched} | ${a.limit_s ? f2(a.limit_s.median) : '–'} | ${a.limit_s ? `${(a.total_s.median / a.limit_s.median).toFixed(2)}×` : '–'} |`);
+        + `${a.requests} (${a.far_requests}) | ${a.objects_fetched} | ${typeof a.prefetch_bytes === 'number' ? `${mb(a.prefetch_bytes)} (${mb(typeof a.prefetch_waste_bytes === 'number' ? a.prefetch_waste_bytes : 0)})` : '–'} | `
+        + `${a.limit_s ? f2(a.limit_s.median) : '–'} | ${a.limit_s ? `${(a.total_s.median / a.limit_s.median).toFixed(2)}×` : '–'} |`);
     }
   }
   out.push('', '| target | wanted | measured | met |', '|---|---|---|---|');
-  for (const t of r.targets) out.push(`| ${t.name} | ${t.target} | ${t.value} | ${t.met === null ? 'n/a' : t.met ? 'yes' : '**no**'} |`);
+  for (const t of r.targets) out.push(`| ${t.name} | ${t.target} | ${t.value}${t.note ? `; ${t.note}` : ''} | ${t.met === null ? 'n/a' : t.met ? 'yes' : '**no**'} |`);
   if (r.notes.length) out.push('', ...r.notes.map((n) => `- ${n}`));
   return out.join('\n') + '\n';
 }
