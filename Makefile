@@ -50,6 +50,11 @@ bench-publisher: build
 bench-convert: build
 	node dist/bench/convert.js $(BENCH_ARGS)
 
+# The FUSE client against issue 13's workloads and the physical limit of the same run (root, /dev/fuse).
+.PHONY: bench-client
+bench-client: build
+	node dist/bench/client.js $(BENCH_ARGS)
+
 clean:
 	rm -rf dist .tap
 
