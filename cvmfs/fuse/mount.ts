@@ -9,7 +9,7 @@ import { createRequire } from 'node:module';
 import nodePath from 'node:path';
 import Fuse, { type FuseStat } from 'fuse-native';
 import { CvmfsError, isCvmfsError } from '../errors.js';
-import type { Dirent, FileHandle, Repository } from '../reader/repository.js';
+import type { Dirent, Repository } from '../reader/repository.js';
 import { nameRole, OPAQUE_MARKER, OVERLAY_XATTR_PREFIX, WHITEOUT_PREFIX } from '../tar/entry-rules.js';
 
 const ENODATA = -61;
@@ -40,7 +40,7 @@ const CATALOG_MARKERS = new Set(['.cvmfscatalog', '.cvmfsautocatalog']);
 
 export interface Mount {
   readonly mountpoint: string;
-  /** Unmounts (a no-op when someone else already did) and releases open files. */
+  /** Unmounts (a no-op when someone else already did); the repository's open files are its own. */
   unmount(): Promise<void>;
   /** Resolves when the mount went away by other means (`fusermount -u`, `umount -l`). */
   readonly gone: Promise<void>;
@@ -144,8 +144,6 @@ function toStat(d: Dirent): FuseStat {
 
 /** FUSE paths are "/", "/a/b"; the repository API takes the same. */
 export async function mountRepository(repo: Repository, o: MountOptions): Promise<Mount> {
-  const handles = new Map<number, FileHandle>();
-  let nextFd = 1;
   const log = o.log ?? (() => {});
   const fail = (op: string, path: string, err: unknown): number => {
     const errno = errnoOf(err);
@@ -200,19 +198,10 @@ export async function mountRepository(repo: Repository, o: MountOptions): Promis
         cb(0, names, stats);
       }, (e) => cb(fail('readdir', path, e)));
     },
-    open: (path, flags, cb) => {
-      if ((flags & 3) !== 0) { cb(Fuse.EROFS); return; }
-      repo.open(path).then((h) => { const fd = nextFd++; handles.set(fd, h); cb(0, fd); }, (e) => cb(fail('open', path, e)));
-    },
-    release: (_path, fd, cb) => {
-      const h = handles.get(fd);
-      handles.delete(fd);
-      (h ? h.close() : Promise.resolve()).then(() => cb(0), () => cb(0));
-    },
-    read: (path, fd, buf, len, pos, cb) => {
-      const h = handles.get(fd);
-      if (!h) { cb(Fuse.EBADF); return; }
-      h.read(buf, 0, len, pos).then((n) => cb(n), (e) => cb(fail('read', path, e)));
+    // No open or release: the mount is read-only (the kernel refuses writes with EROFS) and reads
+    // go by path (Repository.readAt), which saves two round trips to this thread per file.
+    read: (path, _fd, buf, len, pos, cb) => {
+      repo.readAt(path, buf, 0, len, pos).then((n) => cb(n), (e) => cb(fail('read', path, e)));
     },
     readlink: (path, cb) => { repo.readlink(path).then((t) => cb(0, t), (e) => cb(fail('readlink', path, e))); },
     getxattr: (path, name, _pos, cb) => {
@@ -255,8 +244,6 @@ export async function mountRepository(repo: Repository, o: MountOptions): Promis
       unmounted = true;
       clearInterval(poll);
       await new Promise<void>((resolve, reject) => fuse.unmount((err) => (err ? reject(err) : resolve())));
-      await Promise.all([...handles.values()].map((h) => h.close().catch(() => {})));
-      handles.clear();
       markGone();
     },
   };

@@ -20,7 +20,7 @@
  * (`cvmfschecksum.<fqrn>`) of earlier versions is ignored.
  */
 import { randomBytes } from 'node:crypto';
-import { constants, openSync, closeSync } from 'node:fs';
+import { constants, openSync, closeSync, renameSync, rmSync, writeSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { CvmfsError, isCvmfsError } from '../errors.js';
@@ -87,6 +87,8 @@ export async function ensurePrivateDir(dir: string): Promise<void> {
   }
 }
 
+const SCAN_PARALLEL = 16;
+
 export interface CacheMetrics { hits: number; misses: number; evictions: number; evictedBytes: number }
 
 interface Item { size: number }
@@ -108,16 +110,20 @@ export class ObjectCache {
       for (const n of await fs.readdir(txn)) await fs.rm(path.join(txn, n), { recursive: true, force: true });
       const uid = euid();
       const found: { key: string; size: number; mtime: number }[] = [];
-      for (let i = 0; i < 256; i++) {
-        const sub = i.toString(16).padStart(2, '0');
-        const d = await c.realSubdir(sub);
-        for (const n of await fs.readdir(d)) {
-          const st = await fs.lstat(path.join(d, n)).catch(() => undefined);
-          if (!st) continue;
-          if (st.isFile() && st.uid === uid) found.push({ key: sub + n, size: st.size, mtime: st.mtimeMs });
-          else await fs.rm(path.join(d, n), { recursive: true, force: true });
+      // 16 of the 256 subdirectories at a time: one after another, a fresh cache took 50-80 ms to open.
+      let next = 0;
+      await Promise.all(Array.from({ length: SCAN_PARALLEL }, async () => {
+        for (let i = next++; i < 256; i = next++) {
+          const sub = i.toString(16).padStart(2, '0');
+          const d = await c.realSubdir(sub);
+          for (const n of await fs.readdir(d)) {
+            const st = await fs.lstat(path.join(d, n)).catch(() => undefined);
+            if (!st) continue;
+            if (st.isFile() && st.uid === uid) found.push({ key: sub + n, size: st.size, mtime: st.mtimeMs });
+            else await fs.rm(path.join(d, n), { recursive: true, force: true });
+          }
         }
-      }
+      }));
       found.sort((a, b) => a.mtime - b.mtime);
       for (const f of found) { c.items.set(f.key, { size: f.size }); c.used += f.size; }
     } catch (err) {
@@ -186,6 +192,29 @@ export class ObjectCache {
     await fs.rename(tmp, dest);
     if (!this.items.has(key)) { this.items.set(key, { size }); this.used += size; }
     await this.evict();
+    return dest;
+  }
+
+  /**
+   * Stores a small verified object with synchronous calls (an exclusive scratch file, written,
+   * renamed into place): four local syscalls cost less than four thread-pool round trips, and a
+   * small-file read waits for them. The cache is a local directory, never a FUSE mount.
+   */
+  commitSmallSync(key: string, data: Buffer): string {
+    const tmp = this.scratchName();
+    const dest = this.pathOf(key);
+    const fd = openSync(tmp, CREATE_EXCLUSIVE, SCRATCH_FILE_MODE);
+    try {
+      for (let off = 0; off < data.length;) off += writeSync(fd, data, off, data.length - off);
+      closeSync(fd);
+      renameSync(tmp, dest);
+    } catch (err) {
+      try { closeSync(fd); } catch { /* already closed */ }
+      rmSync(tmp, { force: true });
+      throw err;
+    }
+    if (!this.items.has(key)) { this.items.set(key, { size: data.length }); this.used += data.length; }
+    if (this.quotaBytes > 0 && this.used > this.quotaBytes) void this.evict().catch(() => {});
     return dest;
   }
 

@@ -102,6 +102,8 @@ export interface AccessRecorder {
 }
 
 const MAX_RECORDED_PATHS = 100_000;
+/** readAt's open handles; a chunked file's holds up to OPEN_CHUNKS_PER_HANDLE descriptors. */
+const CACHED_HANDLES = 128;
 /** Directories whose opens and sibling prefetches are counted, per revision; forgotten beyond. */
 const MAX_SIBLING_DIRS = 100_000;
 
@@ -155,6 +157,8 @@ export class Repository {
   private ttlSeconds: number;
   private whitelistExpiry: string;
   private readonly ledger = new PrefetchLedger();
+  /** readAt's handles by inode, least recently read first. */
+  private readonly handleCache = new Map<number, { handle: Promise<FileHandle>; reads: number; evicted: boolean }>();
   private readonly recorders = new Set<Set<string>>();
   /** Per directory: files opened there, and siblings prefetched there. */
   private siblingDirs = new Map<string, { opened: number; prefetched: number }>();
@@ -383,11 +387,47 @@ export class Repository {
   }
 
   async open(path: string): Promise<FileHandle> {
-    const d = await this.stat(path);
+    return this.openDirent(await this.stat(path));
+  }
+
+  private async openDirent(d: Dirent): Promise<FileHandle> {
     if (d.kind !== 'file') throw new CvmfsError('CVMFS_NOT_A_FILE', `${d.path || '/'} is not a regular file`);
     for (const r of this.recorders) if (r.size < MAX_RECORDED_PATHS) r.add(d.path);
     this.prefetchSiblings(d);
     return d.chunked ? this.openChunked(d) : this.openWhole(d);
+  }
+
+  /**
+   * Reads without a handle of the caller's: FUSE's read by path (the mount defines no open and
+   * release, two fewer round trips to this thread per file). The handle of the file is opened at
+   * its first read and kept in a bounded cache, closed once evicted and idle.
+   */
+  async readAt(path: string, buf: Buffer, offset: number, length: number, position: number): Promise<number> {
+    const d = await this.stat(path);
+    let e = this.handleCache.get(d.inode);
+    if (e) {
+      this.handleCache.delete(d.inode);
+      this.handleCache.set(d.inode, e);
+    } else {
+      if (d.kind !== 'file') throw new CvmfsError('CVMFS_NOT_A_FILE', `${d.path || '/'} is not a regular file`);
+      const opened = this.openDirent(d);
+      e = { handle: opened, reads: 0, evicted: false };
+      opened.catch(() => { if (this.handleCache.get(d.inode) === e) this.handleCache.delete(d.inode); });
+      this.handleCache.set(d.inode, e);
+      for (const [ino, old] of this.handleCache) {
+        if (this.handleCache.size <= CACHED_HANDLES) break;
+        this.handleCache.delete(ino);
+        old.evicted = true;
+        if (old.reads === 0) void old.handle.then((h) => h.close(), () => {});
+      }
+    }
+    const entry = e;
+    entry.reads++;
+    try {
+      return await (await entry.handle).read(buf, offset, length, position);
+    } finally {
+      if (--entry.reads === 0 && entry.evicted) void entry.handle.then((h) => h.close(), () => {});
+    }
   }
 
   /** Records the paths of the files opened from now until `stop()`. */
@@ -464,27 +504,46 @@ export class Repository {
     })().catch(() => {});
   }
 
+  /**
+   * A whole-file object is fetched at the first read, not at open: a warm open whose pages the
+   * kernel still caches (auto_cache keeps them while the attributes are unchanged) then never
+   * reads the object at all.
+   */
   private async openWhole(d: Dirent): Promise<FileHandle> {
     if (!d.hash) throw new CvmfsError('CVMFS_BAD_CATALOG', `${d.path} has neither a hash nor chunks`);
     const hash = d.hash;
     this.ledger.used(hash);
+    const ref = { hash, suffix: '' as const, compressed: d.compressed, size: d.size };
     if (d.size <= BigInt(SMALL_OBJECT_BYTES)) {
-      const data = await this.store.read({ hash, suffix: '', compressed: d.compressed, size: d.size });
+      let data: Promise<Buffer> | undefined;
       return {
         dirent: d,
-        read: async (buf, offset, length, position) => (position >= data.length ? 0 : data.copy(buf, offset, position, Math.min(data.length, position + length))),
+        read: async (buf, offset, length, position) => {
+          const b = await (data ??= this.store.read(ref).catch((err: unknown) => { data = undefined; throw err; }));
+          return position >= b.length ? 0 : b.copy(buf, offset, position, Math.min(b.length, position + length));
+        },
         close: async () => {},
       };
     }
-    await this.store.get({ hash, suffix: '', compressed: d.compressed, size: d.size });
-    this.store.cache.pin(hash);
-    let fh: fs.FileHandle;
-    try { fh = await this.store.cache.openObject(hash); } catch (err) { this.store.cache.unpin(hash); throw err; }
+    let fh: Promise<fs.FileHandle> | undefined;
     let closed = false;
+    const handle = () => (fh ??= (async () => {
+      await this.store.get(ref);
+      this.store.cache.pin(hash);
+      try { return await this.store.cache.openObject(hash); } catch (err) { this.store.cache.unpin(hash); throw err; }
+    })().catch((err: unknown) => { fh = undefined; throw err; }));
     return {
       dirent: d,
-      read: async (buf, offset, length, position) => readCached(fh, buf, offset, length, position),
-      close: async () => { if (closed) return; closed = true; await fh.close(); this.store.cache.unpin(hash); },
+      read: async (buf, offset, length, position) => {
+        if (closed) throw new CvmfsError('CVMFS_CLOSED', `${d.path}: read after close`);
+        return readCached(await handle(), buf, offset, length, position);
+      },
+      close: async () => {
+        if (closed) return;
+        closed = true;
+        const h = await fh?.catch(() => undefined);
+        if (h) { await h.close(); this.store.cache.unpin(hash); }
+      },
     };
   }
 
@@ -615,6 +674,9 @@ export class Repository {
     if (this.closed) return;
     this.closed = true;
     await this.refreshing?.catch(() => {});
+    const handles = [...this.handleCache.values()];
+    this.handleCache.clear();
+    await Promise.all(handles.map((e) => e.handle.then((h) => h.close(), () => {})));
     this.tree.close();
     this.fetcher.close();
     await this.store.close();
