@@ -20,7 +20,7 @@
  * (`cvmfschecksum.<fqrn>`) of earlier versions is ignored.
  */
 import { randomBytes } from 'node:crypto';
-import { constants, openSync, closeSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { constants, openSync, closeSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { CvmfsError, isCvmfsError } from '../errors.js';
@@ -192,29 +192,6 @@ export class ObjectCache {
     await fs.rename(tmp, dest);
     if (!this.items.has(key)) { this.items.set(key, { size }); this.used += size; }
     await this.evict();
-    return dest;
-  }
-
-  /**
-   * Stores a small verified object with synchronous calls (an exclusive scratch file, written,
-   * renamed into place): four local syscalls cost less than four thread-pool round trips, and a
-   * small-file read waits for them. The cache is a local directory, never a FUSE mount.
-   */
-  commitSmallSync(key: string, data: Buffer): string {
-    const tmp = this.scratchName();
-    const dest = this.pathOf(key);
-    const fd = openSync(tmp, CREATE_EXCLUSIVE, SCRATCH_FILE_MODE);
-    try {
-      for (let off = 0; off < data.length;) off += writeSync(fd, data, off, data.length - off);
-      closeSync(fd);
-      renameSync(tmp, dest);
-    } catch (err) {
-      try { closeSync(fd); } catch { /* already closed */ }
-      rmSync(tmp, { force: true });
-      throw err;
-    }
-    if (!this.items.has(key)) { this.items.set(key, { size: data.length }); this.used += data.length; }
-    if (this.quotaBytes > 0 && this.used > this.quotaBytes) void this.evict().catch(() => {});
     return dest;
   }
 

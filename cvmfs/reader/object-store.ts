@@ -110,11 +110,6 @@ export class ObjectStore {
   }
 
   private async commitBytes(hash: string, rel: string, data: Buffer): Promise<string> {
-    if (data.length <= SMALL_OBJECT_BYTES) {
-      try { return this.cache.commitSmallSync(hash, data); } catch (err) {
-        throw new CvmfsError('CVMFS_CACHE_FAILED', `cannot store object ${rel} in the cache: ${(err as Error).message}`, { cause: err });
-      }
-    }
     let tmp: string | undefined;
     try {
       tmp = this.cache.tempFile();
