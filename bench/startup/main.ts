@@ -32,6 +32,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs, promisify } from 'node:util';
+import { DEFAULT_PREFETCH_LIMITS } from '../../cvmfs/reader/index.js';
 import { Rng } from '../lib/content.js';
 import { clientCounters, removeImage, startNode, timedStart, type ClientCounters, type Node, type NodeOptions, type StartTiming } from './arms.js';
 import { generateImage, MAIN_IMAGES, pushImage, type GeneratedImage, type ImageName } from './images.js';
@@ -59,8 +60,8 @@ const WORKERS = Number(args.workers);
 const FQRN = 'bench.cern.ch';
 const MB = 1e6;
 const BASE_ARMS = ['overlay2-pull', 'plugin-pull', 'thin-cold', 'thin-cold-recorded', 'thin-cold-squid-warm', 'thin-warm', 'prepulled'] as const;
-/** The driver's default number of prefetch downloads in flight (cvmfs/reader/prefetch.ts DEFAULT_PREFETCH_LIMITS). */
-const PREFETCH_IN_FLIGHT = 16;
+/** The driver's number of prefetch downloads in flight: the client's default. */
+const PREFETCH_IN_FLIGHT = DEFAULT_PREFETCH_LIMITS.concurrency;
 type BaseArm = (typeof BASE_ARMS)[number];
 const WORKERS_THIN = `workers-${WORKERS}-thin`, WORKERS_REGULAR = `workers-${WORKERS}-regular`;
 const WORKERS_IMAGE: ImageName = 'python-100m-5pct';
@@ -238,7 +239,7 @@ async function measured(ctx: Ctx, rep: number, node: Node, ref: string,
   let roundTrips = pullTrips;
   let ttfoLimit: { ttfo_limit_s: number; ttfo_round_trips: number; ttfo_far_bytes: number } | undefined;
   if (o.recorded && sq.farCvmfs > 0) {
-    // Prefetch: the data objects go 16 at a time, so they cost ceil(objects / 16) round trips, not
+    // Prefetch: the data objects go PREFETCH_IN_FLIGHT at a time, so they cost ceil(objects / PREFETCH_IN_FLIGHT) round trips, not
     // one each. The pull, Squid's connection and the requests before the data (manifest, whitelist,
     // certificate, the catalogs on the way to the files) stay serial.
     const serial = pullTrips + 1 + (sq.farCvmfs - sq.farData);
