@@ -244,6 +244,9 @@ export async function mountRepository(repo: Repository, o: MountOptions): Promis
       unmounted = true;
       clearInterval(poll);
       await new Promise<void>((resolve, reject) => fuse.unmount((err) => (err ? reject(err) : resolve())));
+      // fuse-native never deletes its native references to the instance and its handlers, so the
+      // instance outlives the mount: cut what it holds, or every repository ever mounted stays.
+      (fuse as unknown as { ops: object }).ops = {};
       markGone();
     },
   };
